@@ -1,0 +1,124 @@
+"""The pipeline's one settings object: paths, store URLs and local-service ports.
+
+Precedence, lowest first: defaults < environment (MG_*) < .env file < CLI flags (init kwargs).
+A store URL left unset means "use the local server that `python -m tasks.services` runs";
+set it and nothing local is started for that store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+LOCAL_HOST = "127.0.0.1"
+NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Field(Path("data"), description="Root of raw, processed, synthetic and embedding files.")
+    services_dir: Path = Field(Path(".services"), description="State and logs of the local servers.")
+    seed: int = 42
+    catalog_size: int = Field(10_000, ge=0, description="Items in the synthetic media catalog.")
+    model: str = "all-MiniLM-L6-v2"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # External stores; None = the local one.
+    postgres_url: SecretStr | None = Field(None, description="postgresql://user:password@host:port/db")
+    neo4j_url: str | None = Field(None, description="bolt:// or neo4j:// URL of a Neo4j 5 server")
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr | None = None
+    neo4j_database: str = "neo4j"
+    milvus_uri: str | None = Field(None, description="http(s)://host:port of Milvus, or a Milvus Lite .db path")
+    milvus_token: SecretStr | None = None
+
+    # Local servers (loopback only).
+    local_password: SecretStr = SecretStr("mediagw-local")
+    postgres_port: int = Field(55432, ge=1, le=65535)
+    bolt_port: int = Field(57687, ge=1, le=65535)
+    graph_http_port: int = Field(52480, ge=1, le=65535)
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    graph_heap: str = "2g"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # First wins: CLI flags, then the project's .env, then the process environment.
+        return init_settings, dotenv_settings, env_settings, file_secret_settings
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _check_postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in {"postgresql", "postgres", "postgresql+psycopg"} or not parts.hostname:
+                # The URL may hold a password: name the field and the expected form, never the value.
+                raise ValueError("postgres_url must look like postgresql://user:password@host:port/dbname")
+        return value
+
+    @field_validator("neo4j_url")
+    @classmethod
+    def _check_neo4j_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in NEO4J_SCHEMES or not parts.hostname:
+                raise ValueError(f"neo4j_url {value!r} must be bolt://host:port or neo4j://host:port")
+            _ = parts.port  # raises ValueError on a malformed port
+        return value
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _check_milvus_uri(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            parts = urlsplit(value)
+            if parts.scheme not in {"http", "https", "tcp"} or not parts.hostname:
+                raise ValueError(f"milvus_uri {value!r} must be http(s)://host:port or a local .db path")
+            _ = parts.port
+        return value
+
+    # Where each store really is.
+    @property
+    def local_postgres(self) -> bool:
+        return self.postgres_url is None
+
+    @property
+    def local_graph(self) -> bool:
+        return self.neo4j_url is None
+
+    def postgres_dsn(self) -> str:
+        """Connection string, password included: pass it to a driver, never to a log."""
+        if self.postgres_url is not None:
+            return self.postgres_url.get_secret_value().replace("postgresql+psycopg://", "postgresql://")
+        password = self.local_password.get_secret_value()
+        return f"postgresql://mediagw:{password}@{LOCAL_HOST}:{self.postgres_port}/mediagw"
+
+    def neo4j_target(self) -> tuple[str, tuple[str, str], str]:
+        """(url, (user, password), database) for the neo4j driver."""
+        if self.neo4j_url is not None:
+            password = self.neo4j_password.get_secret_value() if self.neo4j_password else ""
+            return self.neo4j_url, (self.neo4j_user, password), self.neo4j_database
+        return f"bolt://{LOCAL_HOST}:{self.bolt_port}", ("root", self.local_password.get_secret_value()), "kg"
+
+    def milvus_target(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{LOCAL_HOST}:{self.prefect_port}/api"
+
+    @property
+    def processed_dir(self) -> Path:
+        return self.data_dir / "processed"

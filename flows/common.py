@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -27,10 +26,8 @@ def prefect_api(settings: Settings) -> Iterator[str]:
     """Use PREFECT_API_URL if set, else the local server when `tasks.services` runs one, else a
     temporary in-process server (slower to start: ~15 s)."""
     updates: dict = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    if os.environ.get("PREFECT_API_URL"):
-        where = os.environ["PREFECT_API_URL"]
-    elif services.status(settings, ["prefect"])["prefect"] == "running":
-        where = settings.prefect_api_url
+    where = services.prefect_api_url(settings)
+    if where is not None:
         updates[PREFECT_API_URL] = where
     else:
         where = "a temporary local Prefect server (run `python -m tasks.services start` for a lasting one)"

@@ -178,12 +178,13 @@ def _graph_ready(settings: Settings) -> bool:
 
 # --- Prefect server ----------------------------------------------------------------------------
 
-def prefect_env(settings: Settings) -> dict[str, str]:
-    """Variables that make a client, worker or server use the local Prefect server."""
-    return {
-        "PREFECT_API_URL": settings.prefect_api_url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+def prefect_api_url(settings: Settings) -> str | None:
+    """PREFECT_API_URL when set, else the local server's URL while it runs, else None."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    if status(settings, ["prefect"])["prefect"] == "running":
+        return settings.prefect_api_url
+    return None
 
 
 def _prefect_command(settings: Settings, home: Path) -> list[str]:

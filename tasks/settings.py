@@ -20,7 +20,8 @@ NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="MG_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="MG_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        hide_input_in_errors=True,  # a rejected URL may carry a password
     )
 
     data_dir: Path = Field(Path("data"), description="Root of raw, processed, synthetic and embedding files.")

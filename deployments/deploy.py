@@ -1,0 +1,42 @@
+"""Create the work pools and register every deployment in prefect.yaml, without prompts.
+
+    python -m deployments.deploy
+
+Talks to PREFECT_API_URL when it is set, else to the local server of `python -m tasks.services`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks import services
+from tasks.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_POOLS = {"local-process": "process"}
+
+
+def prefect_cli(*args: str, env: dict[str, str]) -> None:
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    result = subprocess.run([prefect, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"prefect {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+
+
+def deploy(settings: Settings) -> None:
+    api_url = services.prefect_api_url(settings)
+    if api_url is None:
+        raise SystemExit("No Prefect server: set PREFECT_API_URL, or run `python -m tasks.services start prefect`.")
+    env = {**os.environ, "PREFECT_API_URL": api_url, "MG_PROJECT_DIR": str(ROOT),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for pool, pool_type in WORK_POOLS.items():
+        prefect_cli("work-pool", "create", pool, "--type", pool_type, "--overwrite", env=env)
+    prefect_cli("--no-prompt", "deploy", "--all", env=env)
+    print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}")
+
+
+if __name__ == "__main__":
+    deploy(Settings())

@@ -1,0 +1,83 @@
+"""Shared fixtures: real local servers on free loopback ports, started once per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks import services
+from tasks.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def world_readable_tmpdir(prefix: str) -> Path:
+    """PostgreSQL runs as its own user, which must reach its data dir (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def make_settings(base: Path, **overrides) -> Settings:
+    values = dict(
+        _env_file=None, services_dir=base / "services", data_dir=base / "data", postgres_port=free_port(),
+        bolt_port=free_port(), graph_http_port=free_port(), prefect_port=free_port(), graph_heap="1g",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def service_settings() -> Iterator[Settings]:
+    base = world_readable_tmpdir("mg-test-")
+    # A quick scheduler loop, so that cron schedules produce runs within the test.
+    os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "3"
+    settings = make_settings(base)
+    yield settings
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler.flush()  # send buffered run logs before the server goes away
+    services.stop(settings)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def running_services(service_settings: Settings) -> Settings:
+    services.start(service_settings, list(services.SERVICES))
+    return service_settings
+
+
+@pytest.fixture()
+def prefect_server(running_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's real Prefect server, for this test's client, flows and subprocesses."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = running_services.prefect_api_url
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+
+
+@pytest.fixture()
+def small_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated small MovieLens-format release, made once and copied per test."""
+    cache = tmp_path_factory.getbasetemp() / "small-release"
+    if not cache.exists():
+        from tasks.movielens_sample import generate
+
+        generate("small", cache, seed=7)
+    copy = tmp_path_factory.mktemp("release") / "ml-small"
+    shutil.copytree(cache, copy)
+    return copy

@@ -1,0 +1,61 @@
+"""prefect.yaml registers on a real Prefect server; a triggered run completes on a process worker;
+the nightly cron schedule produces scheduled runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+from prefect.deployments import run_deployment
+
+from tests.conftest import ROOT
+
+BIN = Path(sys.executable).parent
+
+
+def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    deployed = subprocess.run([sys.executable, "-m", "deployments.deploy"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("full-refresh/full-refresh")
+        assert deployment.work_pool_name == "local-process"
+        assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [("0 3 * * *", "UTC")]
+        # The UI builds its form from this schema: typed parameters, not free text.
+        props = deployment.parameter_openapi_schema["properties"]
+        assert props["skip_embed"]["type"] == "boolean"
+        assert {"type": "integer"} in props["catalog_size"]["anyOf"]
+
+        deadline = time.monotonic() + 90
+        scheduled = []
+        while not scheduled and time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+            scheduled = [r for r in runs if r.state_name == "Scheduled"]
+            time.sleep(2)
+        assert scheduled, "the cron schedule produced no scheduled runs"
+        starts = {r.expected_start_time.astimezone().utctimetuple()[3:5] for r in scheduled}
+        assert starts == {(3, 0)}
+
+    data_dir = tmp_path / "data"
+    flow_run = run_deployment(
+        "full-refresh/full-refresh", timeout=0,
+        parameters={"data_dir": str(data_dir), "skip_synthetic": True, "skip_embed": True, "skip_validate": True,
+                    "no_milvus": True, "no_postgres": True, "no_neo4j": True, "no_agentdb": True},
+    )
+    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--run-once"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        finished = client.read_flow_run(flow_run.id)
+        assert finished.state_name == "Completed", (finished.state, worker.stdout[-3000:], worker.stderr[-3000:])
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter())
+        assert any(r.parent_task_run_id and r.name for r in runs)  # the ingest subflow ran under it
+    assert (data_dir / "processed" / "ratings.parquet").exists()

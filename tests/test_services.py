@@ -1,0 +1,108 @@
+"""Each local server starts, answers a real query, is left alone by a second start, and stops."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import psycopg
+import pytest
+from neo4j import GraphDatabase
+from pymilvus import MilvusClient
+
+from tasks import services
+from tests.conftest import make_settings, world_readable_tmpdir
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    base = world_readable_tmpdir("mg-lifecycle-")
+    settings = make_settings(base)
+    yield settings
+    services.stop(settings)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_start_query_restart_noop_stop(fresh):
+    assert services.status(fresh) == {"postgres": "stopped", "graph": "stopped", "prefect": "stopped"}
+    assert services.start(fresh, list(services.SERVICES)) == {
+        "postgres": "started", "graph": "started", "prefect": "started"}
+    pids = {name: services._recorded_process(fresh, name).pid for name in services.SERVICES}
+
+    # PostgreSQL with pgvector: a vector round trip and a distance.
+    with psycopg.connect(fresh.postgres_dsn()) as conn:
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0]
+        assert tuple(int(x) for x in version.split(".")[:2]) >= (0, 8)
+        row = conn.execute("SELECT %s::vector, %s::vector <-> %s::vector",
+                           ("[1,2,3]", "[0,0,0]", "[3,4,0]")).fetchone()
+        assert row == ("[1,2,3]", 5.0)
+
+    # Bolt: RETURN 1 and an idempotent MERGE through the official driver.
+    url, auth, database = fresh.neo4j_target()
+    with GraphDatabase.driver(url, auth=auth) as driver:
+        assert driver.execute_query("RETURN 1 AS one", database_=database).records[0]["one"] == 1
+        for _ in range(2):
+            driver.execute_query("MERGE (p:Probe {key: $key}) SET p.seen = coalesce(p.seen, 0) + 1",
+                                 key="k1", database_=database)
+        records = driver.execute_query("MATCH (p:Probe {key: $key}) RETURN count(p) AS n, max(p.seen) AS seen",
+                                       key="k1", database_=database).records
+        assert (records[0]["n"], records[0]["seen"]) == (1, 2)
+
+    # Prefect: the health endpoint and a real API read.
+    import httpx
+
+    assert httpx.get(f"{fresh.prefect_api_url}/health", timeout=5).json() is True
+    assert httpx.post(f"{fresh.prefect_api_url}/flows/filter", json={}, timeout=5).status_code == 200
+
+    # Starting again is a no-op that keeps the same processes.
+    assert set(services.start(fresh, list(services.SERVICES)).values()) == {"running"}
+    assert {name: services._recorded_process(fresh, name).pid for name in services.SERVICES} == pids
+
+    assert set(services.stop(fresh).values()) == {"stopped"}
+    assert services.status(fresh) == {"postgres": "stopped", "graph": "stopped", "prefect": "stopped"}
+    for port in (fresh.postgres_port, fresh.bolt_port, fresh.prefect_port):
+        assert not services._port_open(port)
+
+
+def test_postgres_data_survives_restart(fresh):
+    services.start(fresh, ["postgres"])
+    with psycopg.connect(fresh.postgres_dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS keep (v vector(2))")
+        conn.execute("INSERT INTO keep VALUES ('[1,1]')")
+    services.stop(fresh, ["postgres"])
+    services.start(fresh, ["postgres"])
+    with psycopg.connect(fresh.postgres_dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM keep").fetchone()[0] >= 1
+    services.stop(fresh, ["postgres"])
+
+
+def test_stop_ignores_a_reused_pid(fresh, tmp_path):
+    """A record whose PID now belongs to another process is dropped, and nothing is killed."""
+    import json
+    import os
+
+    fresh.services_dir.mkdir(parents=True, exist_ok=True)
+    (fresh.services_dir / "graph.json").write_text(json.dumps({"pid": os.getpid(), "create_time": 1.0}))
+    assert services.stop(fresh, ["graph"]) == {"graph": "stopped"}
+    assert not (fresh.services_dir / "graph.json").exists()
+
+
+def test_external_store_gets_no_local_server(monkeypatch):
+    settings = make_settings(world_readable_tmpdir("mg-ext-"),
+                             postgres_url="postgresql://u:p@db.example:5432/x", neo4j_url="bolt://graph.example:7687")
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example/api")
+    assert services.wanted(settings) == []
+    monkeypatch.delenv("PREFECT_API_URL")
+    assert services.wanted(settings) == ["prefect"]
+
+
+def test_milvus_lite_insert_and_search(tmp_path):
+    client = MilvusClient(str(tmp_path / "probe.db"))
+    client.create_collection("probe", dimension=8, metric_type="COSINE", auto_id=False, id_type="int")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    client.upsert("probe", [{"id": i, "vector": v.tolist()} for i, v in enumerate(vectors)])
+    hits = client.search("probe", data=[vectors[17].tolist()], limit=3)[0]
+    assert hits[0]["id"] == 17
+    assert hits[0]["distance"] == pytest.approx(1.0, abs=1e-4)
+    client.close()

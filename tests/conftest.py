@@ -46,9 +46,6 @@ def service_settings() -> Iterator[Settings]:
     os.environ["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = "3"
     settings = make_settings(base)
     yield settings
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler.flush()  # send buffered run logs before the server goes away
     services.stop(settings)
     shutil.rmtree(base, ignore_errors=True)
 
@@ -68,6 +65,9 @@ def prefect_server(running_services: Settings, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("PREFECT_API_URL", url)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # send this test's buffered run logs while the server is configured
 
 
 @pytest.fixture()

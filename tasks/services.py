@@ -282,6 +282,7 @@ def _launch(settings: Settings, name: str) -> subprocess.Popen | None:
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             service.command(settings, home), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=home,  # servers that write beside themselves (ArcadeDB's log/) write into their own folder
             start_new_session=True,  # outlives this command
             env={**os.environ, **service.env(settings, home)},
             user=owner[0] if owner else None, group=owner[1] if owner else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -28,6 +29,8 @@ def test_start_query_restart_noop_stop(fresh):
     assert services.start(fresh, list(services.SERVICES)) == {
         "postgres": "started", "graph": "started", "prefect": "started"}
     pids = {name: services._recorded_process(fresh, name).pid for name in services.SERVICES}
+    # Servers write only under the services folder, never into the working directory.
+    assert not (Path.cwd() / "log").exists() and (fresh.services_dir / "graph" / "log").is_dir()
 
     # PostgreSQL with pgvector: a vector round trip and a distance.
     with psycopg.connect(fresh.postgres_dsn()) as conn:

@@ -17,12 +17,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import load_settings, prefect_api
 from flows.ingest import ingest_flow
+from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
 from tasks.movielens_sample import sample_release_task
 
 # Stages that later issues build; asked for, they report that instead of pretending to run.
 NOT_BUILT = {
-    "synthetic": "issue #4 (synthetic users, platforms, catalog)",
     "embed": "issue #5 (embeddings)",
     "validate": "issue #6 (Great Expectations suites)",
     "milvus": "a later issue (Milvus loader)",
@@ -72,7 +72,15 @@ def full_flow(
         stats_path = ingest_flow(source=source, data_dir=str(data))
         record("ingest", "completed", f"{source} -> {Path(stats_path).parent}", started)
 
-    asked = {"synthetic": not skip_synthetic, "embed": not skip_embed, "validate": not skip_validate,
+    if skip_synthetic:
+        record("synthetic", "skipped", "--skip-synthetic")
+    else:
+        started = time.perf_counter()
+        written = synthetic_flow(data_dir=str(data), catalog_size=settings.catalog_size, seed=settings.seed)
+        record("synthetic", "completed", f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
+                                         f"-> {Path(written['users'][0]).parent}", started)
+
+    asked = {"embed": not skip_embed, "validate": not skip_validate,
              "milvus": not no_milvus, "postgres": not no_postgres, "neo4j": not no_neo4j,
              "agentdb": not no_agentdb}
     for stage, wanted in asked.items():

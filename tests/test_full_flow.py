@@ -27,10 +27,11 @@ def test_help_lists_every_option():
 
 def test_default_run_ingests_a_generated_release_and_reports(prefect_server, tmp_path, capsys):
     data = tmp_path / "data"
-    assert main(["--data-dir", str(data)]) == 0
+    assert main(["--data-dir", str(data), "--catalog-size", "2000"]) == 0
     out = capsys.readouterr().out
-    assert "ingest     completed" in out
-    for stage in ("synthetic", "embed", "validate", "milvus", "postgres", "neo4j", "agentdb"):
+    assert "ingest     completed" in out and "synthetic  completed" in out
+    assert (data / "synthetic" / "users.parquet").exists() and (data / "synthetic" / "media_catalog.parquet").exists()
+    for stage in ("embed", "validate", "milvus", "postgres", "neo4j", "agentdb"):
         assert f"{stage:10} not built yet" in out
     stats = json.loads((data / "processed" / "stats.json").read_text())
     assert stats["files"]["ratings"]["rows_written"] == pl.scan_parquet(

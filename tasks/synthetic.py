@@ -1,0 +1,304 @@
+"""Synthetic user profiles, streaming platforms and their availability, from DATA/processed/.
+
+Users: one profile per user id in ratings, archetype drawn with the seed document's weights, values
+drawn from counter-based streams keyed by (seed, user id, purpose): a user's profile never depends
+on the other users or on chunking. Favourite genres come from the user's own ratings.
+
+Availability: each (movie, platform) pair is an independent draw from md5(media id + platform id)
+at the platform's rate (about 83.7% of movies on at least one platform, 1.58 platforms per movie);
+listing details come from a second md5 of the pair. Free listings carry no price.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from faker import Faker
+from prefect import get_run_logger, task
+
+from tasks import hashrand
+from tasks.caching import key_from_inputs
+from tasks.templates import export, load_template, write_dataset
+
+ZSTD = {"compression": "zstd", "statistics": True}
+AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
+DEVICES = ["tv", "laptop", "mobile"]
+TIMES = ["morning", "afternoon", "evening", "night", "late_night"]
+
+
+@dataclass(frozen=True)
+class Country:
+    code: str
+    locale: str
+    languages: tuple[str, ...]
+    weight: float  # share among users who are not "international"
+    intl_weight: float  # share among "international" users
+
+
+COUNTRIES = [
+    Country("US", "en_US", ("en", "es"), 0.40, 0.02),
+    Country("GB", "en_GB", ("en",), 0.10, 0.03),
+    Country("CA", "en_CA", ("en", "fr"), 0.07, 0.05),
+    Country("FR", "fr_FR", ("fr", "en"), 0.10, 0.18),
+    Country("DE", "de_DE", ("de", "en"), 0.08, 0.12),
+    Country("ES", "es_ES", ("es", "ca"), 0.05, 0.12),
+    Country("IT", "it_IT", ("it",), 0.05, 0.10),
+    Country("BR", "pt_BR", ("pt", "es"), 0.06, 0.14),
+    Country("JP", "ja_JP", ("ja",), 0.05, 0.12),
+    Country("IN", "en_IN", ("hi", "en"), 0.04, 0.12),
+]
+EXTRA_LANGUAGES = ["en", "fr", "es", "de", "it", "pt", "ja", "hi", "ko", "zh", "ar"]
+
+
+@dataclass(frozen=True)
+class Archetype:
+    name: str
+    weight: float
+    age_weights: tuple[float, ...]  # over AGE_BANDS
+    devices: tuple[float, ...]  # base shares over DEVICES
+    times: tuple[float, ...]  # base shares over TIMES
+    cultural_context: str
+    extra_languages: tuple[int, int]  # how many languages beyond the country's first (min, max)
+
+
+ARCHETYPES = [
+    Archetype("cinephile", 0.12, (0.05, 0.30, 0.30, 0.20, 0.10, 0.05), (0.60, 0.30, 0.10),
+              (0.05, 0.10, 0.35, 0.40, 0.10), "arthouse, festival and world cinema", (0, 2)),
+    Archetype("casual", 0.30, (0.15, 0.25, 0.25, 0.20, 0.10, 0.05), (0.45, 0.25, 0.30),
+              (0.10, 0.15, 0.45, 0.25, 0.05), "mainstream hits and popular series", (0, 1)),
+    Archetype("family", 0.15, (0.0, 0.0, 0.55, 0.45, 0.0, 0.0), (0.70, 0.15, 0.15),
+              (0.10, 0.35, 0.45, 0.10, 0.0), "family films and animation", (0, 1)),
+    Archetype("young_adult", 0.20, (0.55, 0.45, 0.0, 0.0, 0.0, 0.0), (0.20, 0.30, 0.50),
+              (0.05, 0.10, 0.25, 0.35, 0.25), "trending titles, anime and genre films", (0, 1)),
+    Archetype("senior", 0.08, (0.0, 0.0, 0.0, 0.0, 0.55, 0.45), (0.80, 0.15, 0.05),
+              (0.30, 0.35, 0.30, 0.05, 0.0), "classics, documentaries and drama", (0, 1)),
+    Archetype("international", 0.10, (0.15, 0.30, 0.25, 0.15, 0.10, 0.05), (0.40, 0.30, 0.30),
+              (0.10, 0.15, 0.40, 0.25, 0.10), "foreign-language and subtitled cinema", (1, 3)),
+    Archetype("genre_specialist", 0.05, (0.10, 0.35, 0.30, 0.15, 0.07, 0.03), (0.45, 0.40, 0.15),
+              (0.05, 0.10, 0.35, 0.35, 0.15), "deep catalogues of one or two genres", (0, 1)),
+]
+ARCHETYPE_NAMES = [a.name for a in ARCHETYPES]
+NOISE_SD = 0.08  # spread of a user's device and viewing-time shares around the archetype's base
+
+
+def _name_pools(seed: int) -> dict[str, tuple[list[str], list[str], list[str]]]:
+    """Faker first names, last names and cities per locale, drawn once for the seed."""
+    pools = {}
+    for country in COUNTRIES:
+        fake = Faker(country.locale)
+        fake.seed_instance(seed)
+        pools[country.code] = ([fake.first_name() for _ in range(400)], [fake.last_name() for _ in range(400)],
+                               list(dict.fromkeys(fake.city() for _ in range(120))))
+    return pools
+
+
+def _shares(base: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Archetype base + gaussian noise, clipped at 0 and renormalised to sum to 1."""
+    values = np.clip(base + NOISE_SD * noise, 0.0, None)
+    values[values.sum(axis=1) == 0, 0] = 1.0
+    return (values / values.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def profiles(user_ids: np.ndarray, seed: int = 42) -> pl.DataFrame:
+    """Demographics and preferences for these users; row i depends only on (seed, user_ids[i])."""
+    ids = np.asarray(user_ids, dtype=np.int64)
+    n = len(ids)
+    arche = hashrand.choice(hashrand.uniform(seed, "archetype", ids)[:, 0], [a.weight for a in ARCHETYPES])
+    u = hashrand.uniform(seed, "demographics", ids, 8)
+    age = _age_bands(arche, u[:, 0])
+    is_intl = arche == ARCHETYPE_NAMES.index("international")
+    country = np.where(is_intl, hashrand.choice(u[:, 1], [c.intl_weight for c in COUNTRIES]),
+                       hashrand.choice(u[:, 1], [c.weight for c in COUNTRIES]))
+    pools = _name_pools(seed)
+    names, cities, languages = [], [], []
+    language_u = hashrand.uniform(seed, "languages", ids, len(EXTRA_LANGUAGES) + 2)
+    for i in range(n):
+        c = COUNTRIES[country[i]]
+        first, last, city_pool = pools[c.code]
+        names.append(f"{first[int(u[i, 2] * len(first))]} {last[int(u[i, 3] * len(last))]}")
+        cities.append(city_pool[int(u[i, 4] * len(city_pool))])
+        # The country's first language, then 0-3 more (the archetype says how many), its own first.
+        lo, hi = ARCHETYPES[arche[i]].extra_languages
+        extra = lo + int(u[i, 5] * (hi - lo + 1))
+        others = [lang for lang in dict.fromkeys(c.languages[1:] + tuple(EXTRA_LANGUAGES)) if lang != c.languages[0]]
+        ranked = sorted(range(len(others)), key=lambda j: (j >= len(c.languages) - 1, language_u[i, j]))
+        languages.append([c.languages[0], *[others[j] for j in ranked[:extra]]])
+    device_base = np.array([a.devices for a in ARCHETYPES])[arche]
+    time_base = np.array([a.times for a in ARCHETYPES])[arche]
+    devices = _shares(device_base, hashrand.normal(seed, "devices", ids, len(DEVICES)))
+    times = _shares(time_base, hashrand.normal(seed, "viewing_times", ids, len(TIMES)))
+    return pl.DataFrame({
+        "user_id": ids.astype(np.int32),
+        "archetype": pl.Series(np.array(ARCHETYPE_NAMES)[arche]).cast(pl.Enum(ARCHETYPE_NAMES)),
+        "name": names,
+        "age_band": pl.Series(np.array(AGE_BANDS)[age]).cast(pl.Enum(AGE_BANDS)),
+        "country": np.array([c.code for c in COUNTRIES])[country],
+        "city": cities,
+        "languages": languages,
+        "cultural_context": np.array([a.cultural_context for a in ARCHETYPES])[arche],
+        **{f"device_{d}": devices[:, k] for k, d in enumerate(DEVICES)},
+        **{f"watch_{t}": times[:, k] for k, t in enumerate(TIMES)},
+    })
+
+
+def _age_bands(arche: np.ndarray, u: np.ndarray) -> np.ndarray:
+    out = np.empty(len(arche), dtype=np.int64)
+    for k, archetype in enumerate(ARCHETYPES):
+        rows = arche == k
+        out[rows] = hashrand.choice(u[rows], archetype.age_weights)
+    return out
+
+
+def rating_summary(ratings: Path, movies: Path) -> pl.DataFrame:
+    """Per user: rating count, mean rating, and top-3 favourite genres by ratings of 3.5 and above
+    (ties by count of all ratings, then name). Users whose every rating is below 3.5 get the genres
+    they rate most."""
+    genres = (pl.scan_parquet(movies).select("movie_id", "genres").explode("genres")
+              .drop_nulls("genres").rename({"genres": "genre"}))
+    liked = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
+             .join(genres, on="movie_id")
+             .group_by("user_id", "genre")
+             .agg(liked=(pl.col("rating") >= 3.5).sum(), seen=pl.len()))
+    favourites = (liked.sort(["user_id", "liked", "seen", "genre"], descending=[False, True, True, False])
+                  .group_by("user_id", maintain_order=True).agg(favourite_genres=pl.col("genre").head(3)))
+    stats = pl.scan_parquet(ratings).group_by("user_id").agg(
+        rating_count=pl.len().cast(pl.Int32), mean_rating=pl.col("rating").mean().cast(pl.Float32))
+    return (stats.join(favourites, on="user_id", how="left")
+            .with_columns(pl.col("favourite_genres").fill_null(pl.lit([], pl.List(pl.String))))
+            .sort("user_id").collect(engine="streaming"))
+
+
+# --- platforms and availability ------------------------------------------------------------------
+
+PLATFORMS = pl.DataFrame({
+    "platform_id": ["tv5monde", "netflix", "amazon_prime", "hbo_max", "disney_plus", "apple_tv_plus", "mubi",
+                    "criterion_channel"],
+    "name": ["TV5MONDE", "Netflix", "Amazon Prime Video", "HBO Max", "Disney+", "Apple TV+", "MUBI",
+             "Criterion Channel"],
+    "business_model": ["free", "subscription", "subscription", "subscription", "subscription", "subscription",
+                       "subscription", "subscription"],
+    "monthly_price_usd": [None, 15.49, 8.99, 15.99, 13.99, 9.99, 14.99, 10.99],
+    "availability_rate": [0.15, 0.35, 0.30, 0.25, 0.20, 0.15, 0.10, 0.08],
+})
+REGIONS = ["US", "CA", "GB", "FR", "DE", "ES", "IT", "BR", "JP", "IN"]
+SUBTITLE_LANGUAGES = ["en", "fr", "es", "de", "it", "pt", "ja", "ko", "zh", "ar", "hi", "nl"]
+AUDIO_LANGUAGES = ["en", "fr", "es", "de", "it", "pt", "ja"]
+QUALITY_LEVELS = ["SD", "HD", "4K"]
+
+
+def _md5_uniforms(keys: list[str]) -> np.ndarray:
+    """Four uniforms per key from the 16 bytes of md5(key)."""
+    raw = np.frombuffer(b"".join(hashlib.md5(k.encode()).digest() for k in keys), dtype="<u4")
+    return raw.reshape(-1, 4).astype(np.float64) / 2.0**32
+
+
+def availability(media_ids: list[str]) -> pl.DataFrame:
+    """One row per available (media_id, platform_id) pair with its listing details."""
+    platforms = PLATFORMS.to_dicts()
+    pairs = [(m, p["platform_id"]) for m in media_ids for p in platforms]
+    draw = _md5_uniforms([m + p for m, p in pairs])[:, 0]
+    rates = np.tile(PLATFORMS["availability_rate"].to_numpy(), len(media_ids))
+    keep = np.flatnonzero(draw < rates)
+    kept = [pairs[i] for i in keep]
+    if not kept:
+        return pl.DataFrame(schema=_AVAILABILITY_SCHEMA)
+    detail = _md5_uniforms([f"{m}{p}|listing" for m, p in kept])
+    seeds = np.frombuffer(b"".join(hashlib.md5(f"{m}{p}|lists".encode()).digest()[:8] for m, p in kept),
+                          dtype="<u8")
+    picks = hashrand.uniform(0, "listing-lists", seeds, len(SUBTITLE_LANGUAGES) * 3)
+    n = len(kept)
+    width = len(SUBTITLE_LANGUAGES)
+    region_n = 1 + (detail[:, 0] * 3).astype(int)
+    subtitle_n = 2 + (detail[:, 1] * 5).astype(int)
+    audio_n = 1 + ((detail[:, 1] * 15) % 1 * 3).astype(int)
+    top_quality = hashrand.choice(detail[:, 2], [0.10, 0.60, 0.30])
+    is_4k = top_quality == 2
+    hdr = is_4k & ((detail[:, 3] * 10) % 1 < 0.7)
+    atmos = is_4k & ((detail[:, 3] * 100) % 1 < 0.5)
+    model = PLATFORMS["business_model"].to_list()
+    index = {p["platform_id"]: k for k, p in enumerate(platforms)}
+    platform_k = np.array([index[p] for _, p in kept])
+    free = np.array([model[k] == "free" for k in platform_k])
+    rental = ~free & (detail[:, 3] < 0.2)
+    monthly = PLATFORMS["monthly_price_usd"].fill_null(0.0).to_numpy()[platform_k]
+    rental_price = np.round(2.99 + np.floor(detail[:, 0] * 1000 % 4) * 1.0, 2)
+    price = np.where(free, np.nan, np.where(rental, rental_price, monthly))
+    return pl.DataFrame({
+        "media_id": [m for m, _ in kept],
+        "platform_id": [p for _, p in kept],
+        "offer_type": np.where(free, "free", np.where(rental, "rental", "subscription")),
+        "price_usd": pl.Series(price).fill_nan(None),
+        "regions": [[REGIONS[j] for j in row] for row in
+                    hashrand.distinct_choices(picks[:, :width], len(REGIONS), region_n)],
+        "subtitle_languages": [[SUBTITLE_LANGUAGES[j] for j in row] for row in
+                               hashrand.distinct_choices(picks[:, width:2 * width], width, subtitle_n)],
+        "audio_languages": [[AUDIO_LANGUAGES[j] for j in row] for row in
+                            hashrand.distinct_choices(picks[:, 2 * width:], len(AUDIO_LANGUAGES), audio_n)],
+        "quality_options": [QUALITY_LEVELS[: q + 1] for q in top_quality],
+        "hdr": hdr,
+        "dolby_atmos": atmos,
+    }, schema_overrides=_AVAILABILITY_SCHEMA)
+
+
+_AVAILABILITY_SCHEMA = {
+    "media_id": pl.String, "platform_id": pl.String, "offer_type": pl.String, "price_usd": pl.Float64,
+    "regions": pl.List(pl.String), "subtitle_languages": pl.List(pl.String), "audio_languages": pl.List(pl.String),
+    "quality_options": pl.List(pl.String), "hdr": pl.Boolean, "dolby_atmos": pl.Boolean,
+}
+
+
+def build_platforms(out: Path) -> Path:
+    return _write(PLATFORMS, out)
+
+
+def _write(frame: pl.DataFrame, out: Path) -> Path:
+    """Write atomically: a temporary file renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.write_parquet(tmp, **ZSTD)
+    tmp.rename(out)
+    return out
+
+
+# --- Prefect tasks -----------------------------------------------------------------------------
+
+SYNTHETIC_VERSION = "synthetic-1"  # bump when an output's layout or values change
+CATALOG_TEMPLATE = Path(__file__).parent / "schemas" / "media_catalog.yaml"
+
+
+@task(name="synthetic-users", cache_key_fn=key_from_inputs(SYNTHETIC_VERSION, ("ratings", "movies")),
+      persist_result=True)
+def users_task(ratings: str, movies: str, out: str, seed: int = 42, exports: tuple[str, ...] = ()) -> str:
+    summary = rating_summary(Path(ratings), Path(movies))
+    users = profiles(summary["user_id"].to_numpy(), seed).join(summary, on="user_id")
+    path = _write(users, Path(out))
+    export(path, exports)
+    get_run_logger().info("%s user profiles -> %s", f"{users.height:,}", path)
+    return str(path)
+
+
+@task(name="synthetic-availability", cache_key_fn=key_from_inputs(SYNTHETIC_VERSION, ("movies",)),
+      persist_result=True)
+def availability_task(movies: str, out_dir: str, exports: tuple[str, ...] = ()) -> list[str]:
+    out = Path(out_dir)
+    platforms = build_platforms(out / "platforms.parquet")
+    media_ids = pl.read_parquet(movies, columns=["media_id"])["media_id"].to_list()
+    listings = availability(media_ids)
+    path = _write(listings, out / "availability.parquet")
+    for written in (platforms, path):
+        export(written, exports)
+    covered = listings["media_id"].n_unique() / max(len(media_ids), 1)
+    get_run_logger().info("%s listings; %.1f%% of movies on at least one platform, %.2f platforms per movie",
+                          f"{listings.height:,}", 100 * covered, listings.height / max(len(media_ids), 1))
+    return [str(platforms), str(path)]
+
+
+@task(name="synthetic-catalog", cache_key_fn=key_from_inputs(SYNTHETIC_VERSION, ("template",)), persist_result=True)
+def catalog_task(template: str, size: int, out: str, seed: int = 42, exports: tuple[str, ...] = ()) -> str:
+    path = write_dataset(load_template(Path(template)), size, Path(out), seed, exports=exports)
+    get_run_logger().info("%s catalog items -> %s", f"{size:,}", path)
+    return str(path)

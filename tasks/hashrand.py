@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import polars as pl
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -51,7 +52,18 @@ def choice(u: np.ndarray, weights) -> np.ndarray:
     return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), len(cdf) - 1)
 
 
-def distinct_choices(u: np.ndarray, pool_size: int, counts: np.ndarray) -> list[list[int]]:
-    """For each row, `counts[i]` distinct indices below pool_size (a permutation by sorted keys)."""
-    order = np.argsort(u[:, :pool_size], axis=1)
-    return [row[:k].tolist() for row, k in zip(order, counts)]
+def ranked_lists(keys: np.ndarray, counts: np.ndarray, labels: pl.Series,
+                 label_offsets: np.ndarray | None = None) -> pl.Series:
+    """Row i: the labels of its `counts[i]` smallest keys (distinct picks, in key order).
+
+    keys: (rows, width) sort keys, one per candidate; labels: the candidates' texts, indexed by
+    column (plus label_offsets[i] when each row has its own block of candidates)."""
+    most = int(counts.max()) if len(counts) else 0
+    order = np.argsort(keys, axis=1)[:, :most]
+    if label_offsets is not None:
+        order = order + label_offsets[:, None]
+    count_col = pl.lit(pl.Series(counts))
+    parts = [pl.when(count_col > j).then(pl.lit(labels.gather(order[:, j]))) for j in range(most)]
+    if not parts:
+        return pl.Series([[]] * len(counts), dtype=pl.List(labels.dtype))
+    return pl.select(pl.concat_list(parts).list.drop_nulls()).to_series()

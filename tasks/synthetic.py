@@ -85,15 +85,36 @@ ARCHETYPE_NAMES = [a.name for a in ARCHETYPES]
 NOISE_SD = 0.08  # spread of a user's device and viewing-time shares around the archetype's base
 
 
-def _name_pools(seed: int) -> dict[str, tuple[list[str], list[str], list[str]]]:
-    """Faker first names, last names and cities per locale, drawn once for the seed."""
-    pools = {}
+def _pools(seed: int) -> dict[str, tuple[pl.Series, np.ndarray, np.ndarray]]:
+    """Faker first names, last names and cities of every country, drawn once for the seed:
+    for each kind, all countries' entries in one Series, with each country's offset and size."""
+    lists: dict[str, list[list[str]]] = {"first": [], "last": [], "city": []}
     for country in COUNTRIES:
         fake = Faker(country.locale)
         fake.seed_instance(seed)
-        pools[country.code] = ([fake.first_name() for _ in range(400)], [fake.last_name() for _ in range(400)],
-                               list(dict.fromkeys(fake.city() for _ in range(120))))
+        lists["first"].append([fake.first_name() for _ in range(400)])
+        lists["last"].append([fake.last_name() for _ in range(400)])
+        lists["city"].append(list(dict.fromkeys(fake.city() for _ in range(120))))
+    pools = {}
+    for kind, per_country in lists.items():
+        sizes = np.array([len(x) for x in per_country])
+        pools[kind] = (pl.Series([v for x in per_country for v in x]), np.cumsum(sizes) - sizes, sizes)
     return pools
+
+
+def _from_pool(pool: tuple[pl.Series, np.ndarray, np.ndarray], country: np.ndarray, u: np.ndarray) -> pl.Series:
+    values, offsets, sizes = pool
+    return values.gather(offsets[country] + (u * sizes[country]).astype(np.int64))
+
+
+def _language_candidates() -> tuple[pl.Series, np.ndarray, int]:
+    """Per country: its other languages first, then the rest of EXTRA_LANGUAGES; (labels, priority, width)."""
+    rows = [[lang for lang in dict.fromkeys(c.languages[1:] + tuple(EXTRA_LANGUAGES)) if lang != c.languages[0]]
+            for c in COUNTRIES]
+    width = min(len(r) for r in rows)
+    labels = pl.Series([lang for r in rows for lang in r[:width]])
+    priority = np.array([[0.0 if lang in c.languages else 1.0 for lang in r[:width]] for c, r in zip(COUNTRIES, rows)])
+    return labels, priority, width
 
 
 def _shares(base: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -113,20 +134,18 @@ def profiles(user_ids: np.ndarray, seed: int = 42) -> pl.DataFrame:
     is_intl = arche == ARCHETYPE_NAMES.index("international")
     country = np.where(is_intl, hashrand.choice(u[:, 1], [c.intl_weight for c in COUNTRIES]),
                        hashrand.choice(u[:, 1], [c.weight for c in COUNTRIES]))
-    pools = _name_pools(seed)
-    names, cities, languages = [], [], []
-    language_u = hashrand.uniform(seed, "languages", ids, len(EXTRA_LANGUAGES) + 2)
-    for i in range(n):
-        c = COUNTRIES[country[i]]
-        first, last, city_pool = pools[c.code]
-        names.append(f"{first[int(u[i, 2] * len(first))]} {last[int(u[i, 3] * len(last))]}")
-        cities.append(city_pool[int(u[i, 4] * len(city_pool))])
-        # The country's first language, then 0-3 more (the archetype says how many), its own first.
-        lo, hi = ARCHETYPES[arche[i]].extra_languages
-        extra = lo + int(u[i, 5] * (hi - lo + 1))
-        others = [lang for lang in dict.fromkeys(c.languages[1:] + tuple(EXTRA_LANGUAGES)) if lang != c.languages[0]]
-        ranked = sorted(range(len(others)), key=lambda j: (j >= len(c.languages) - 1, language_u[i, j]))
-        languages.append([c.languages[0], *[others[j] for j in ranked[:extra]]])
+    pools = _pools(seed)
+    first = _from_pool(pools["first"], country, u[:, 2])
+    last = _from_pool(pools["last"], country, u[:, 3])
+    cities = _from_pool(pools["city"], country, u[:, 4])
+    # The country's first language, then 0-3 more (the archetype says how many), its own others first.
+    labels, priority, width = _language_candidates()
+    bounds = np.array([a.extra_languages for a in ARCHETYPES])[arche]
+    extra = bounds[:, 0] + (u[:, 5] * (bounds[:, 1] - bounds[:, 0] + 1)).astype(np.int64)
+    keys = priority[country] + hashrand.uniform(seed, "languages", ids, width)
+    more = hashrand.ranked_lists(keys, extra, labels, country * width)
+    primary = pl.Series([c.languages[0] for c in COUNTRIES]).gather(country)
+    languages = pl.select(pl.concat_list(pl.lit(primary), pl.lit(more))).to_series()
     device_base = np.array([a.devices for a in ARCHETYPES])[arche]
     time_base = np.array([a.times for a in ARCHETYPES])[arche]
     devices = _shares(device_base, hashrand.normal(seed, "devices", ids, len(DEVICES)))
@@ -134,7 +153,7 @@ def profiles(user_ids: np.ndarray, seed: int = 42) -> pl.DataFrame:
     return pl.DataFrame({
         "user_id": ids.astype(np.int32),
         "archetype": pl.Series(np.array(ARCHETYPE_NAMES)[arche]).cast(pl.Enum(ARCHETYPE_NAMES)),
-        "name": names,
+        "name": pl.select(pl.concat_str([pl.lit(first), pl.lit(last)], separator=" ")).to_series(),
         "age_band": pl.Series(np.array(AGE_BANDS)[age]).cast(pl.Enum(AGE_BANDS)),
         "country": np.array([c.code for c in COUNTRIES])[country],
         "city": cities,
@@ -155,21 +174,38 @@ def _age_bands(arche: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 def rating_summary(ratings: Path, movies: Path) -> pl.DataFrame:
     """Per user: rating count, mean rating, and top-3 favourite genres by ratings of 3.5 and above
-    (ties by count of all ratings, then name). Users whose every rating is below 3.5 get the genres
-    they rate most."""
-    genres = (pl.scan_parquet(movies).select("movie_id", "genres").explode("genres")
-              .drop_nulls("genres").rename({"genres": "genre"}))
-    liked = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
-             .join(genres, on="movie_id")
-             .group_by("user_id", "genre")
-             .agg(liked=(pl.col("rating") >= 3.5).sum(), seen=pl.len()))
-    favourites = (liked.sort(["user_id", "liked", "seen", "genre"], descending=[False, True, True, False])
-                  .group_by("user_id", maintain_order=True).agg(favourite_genres=pl.col("genre").head(3)))
-    stats = pl.scan_parquet(ratings).group_by("user_id").agg(
-        rating_count=pl.len().cast(pl.Int32), mean_rating=pl.col("rating").mean().cast(pl.Float32))
-    return (stats.join(favourites, on="user_id", how="left")
-            .with_columns(pl.col("favourite_genres").fill_null(pl.lit([], pl.List(pl.String))))
-            .sort("user_id").collect(engine="streaming"))
+    (ties by count of all ratings, then name). Users who liked nothing get the genres they rate most.
+
+    Genres are bits of a per-movie mask, so one group-by over the ratings counts every genre."""
+    movie_genres = pl.read_parquet(movies, columns=["movie_id", "genres"])
+    vocab = sorted(movie_genres["genres"].explode().drop_nulls().unique().to_list())
+    if len(vocab) > 62:
+        raise ValueError(f"{movies}: {len(vocab)} distinct genres; at most 62 are supported")
+    bit = {genre: 1 << k for k, genre in enumerate(vocab)}
+    masks = pl.DataFrame({"movie_id": movie_genres["movie_id"],
+                          "mask": [sum(bit[g] for g in gs) for gs in movie_genres["genres"].to_list()]},
+                         schema={"movie_id": pl.Int32, "mask": pl.Int64})
+    has = [((pl.col("mask") // (1 << k)) % 2).cast(pl.Int32) for k in range(len(vocab))]
+    liked = (pl.col("rating") >= 3.5).cast(pl.Int32)
+    per_user = (
+        pl.scan_parquet(ratings).select("user_id", "movie_id", "rating").join(masks.lazy(), on="movie_id", how="left")
+        .with_columns(pl.col("mask").fill_null(0))
+        .group_by("user_id")
+        .agg(pl.len().cast(pl.Int32).alias("rating_count"), pl.col("rating").mean().cast(pl.Float32).alias("mean_rating"),
+             *[(h * liked).sum().alias(f"liked_{k}") for k, h in enumerate(has)],
+             *[h.sum().alias(f"seen_{k}") for k, h in enumerate(has)])
+        .sort("user_id").collect(engine="streaming")
+    )
+    if not vocab:
+        return per_user.select("user_id", "rating_count", "mean_rating",
+                               favourite_genres=pl.lit([], pl.List(pl.String)))
+    liked_n = per_user.select(pl.col("^liked_.*$")).to_numpy().astype(np.int64)
+    seen_n = per_user.select(pl.col("^seen_.*$")).to_numpy().astype(np.int64)
+    # Highest liked count, then highest seen count; vocab is sorted, so a stable sort breaks ties by name.
+    score = liked_n * (seen_n.max() + 1) + seen_n
+    counts = np.minimum((seen_n > 0).sum(axis=1), 3)
+    favourites = hashrand.ranked_lists(-score.astype(np.float64), counts, pl.Series(vocab))
+    return per_user.select("user_id", "rating_count", "mean_rating").with_columns(favourite_genres=favourites)
 
 
 # --- platforms and availability ------------------------------------------------------------------
@@ -190,57 +226,41 @@ AUDIO_LANGUAGES = ["en", "fr", "es", "de", "it", "pt", "ja"]
 QUALITY_LEVELS = ["SD", "HD", "4K"]
 
 
-def _md5_uniforms(keys: list[str]) -> np.ndarray:
-    """Four uniforms per key from the 16 bytes of md5(key)."""
-    raw = np.frombuffer(b"".join(hashlib.md5(k.encode()).digest() for k in keys), dtype="<u4")
-    return raw.reshape(-1, 4).astype(np.float64) / 2.0**32
-
-
 def availability(media_ids: list[str]) -> pl.DataFrame:
-    """One row per available (media_id, platform_id) pair with its listing details."""
-    platforms = PLATFORMS.to_dicts()
-    pairs = [(m, p["platform_id"]) for m in media_ids for p in platforms]
-    draw = _md5_uniforms([m + p for m, p in pairs])[:, 0]
+    """One row per available (media_id, platform_id) pair with its listing details.
+
+    The pair is available when the first 4 bytes of md5(media id + platform id), as a fraction of
+    2^32, fall below the platform's rate; the digest's last 8 bytes seed the listing's details."""
+    platform_ids = PLATFORMS["platform_id"].to_list()
+    digests = np.frombuffer(b"".join(hashlib.md5(f"{m}{p}".encode()).digest() for m in media_ids
+                                     for p in platform_ids), dtype="<u8").reshape(-1, 2)
+    draw = (digests[:, 0] & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2.0**32
     rates = np.tile(PLATFORMS["availability_rate"].to_numpy(), len(media_ids))
     keep = np.flatnonzero(draw < rates)
-    kept = [pairs[i] for i in keep]
-    if not kept:
-        return pl.DataFrame(schema=_AVAILABILITY_SCHEMA)
-    detail = _md5_uniforms([f"{m}{p}|listing" for m, p in kept])
-    seeds = np.frombuffer(b"".join(hashlib.md5(f"{m}{p}|lists".encode()).digest()[:8] for m, p in kept),
-                          dtype="<u8")
-    picks = hashrand.uniform(0, "listing-lists", seeds, len(SUBTITLE_LANGUAGES) * 3)
-    n = len(kept)
-    width = len(SUBTITLE_LANGUAGES)
-    region_n = 1 + (detail[:, 0] * 3).astype(int)
-    subtitle_n = 2 + (detail[:, 1] * 5).astype(int)
-    audio_n = 1 + ((detail[:, 1] * 15) % 1 * 3).astype(int)
-    top_quality = hashrand.choice(detail[:, 2], [0.10, 0.60, 0.30])
+    platform_k = keep % len(platform_ids)
+    n_regions, n_subs, n_audio = len(REGIONS), len(SUBTITLE_LANGUAGES), len(AUDIO_LANGUAGES)
+    u = hashrand.uniform(0, "listing", digests[keep, 1], 8 + n_regions + n_subs + n_audio)
+    lists = u[:, 8:]
+    top_quality = hashrand.choice(u[:, 0], [0.10, 0.60, 0.30])  # SD, HD or 4K at best
     is_4k = top_quality == 2
-    hdr = is_4k & ((detail[:, 3] * 10) % 1 < 0.7)
-    atmos = is_4k & ((detail[:, 3] * 100) % 1 < 0.5)
-    model = PLATFORMS["business_model"].to_list()
-    index = {p["platform_id"]: k for k, p in enumerate(platforms)}
-    platform_k = np.array([index[p] for _, p in kept])
-    free = np.array([model[k] == "free" for k in platform_k])
-    rental = ~free & (detail[:, 3] < 0.2)
+    free = (PLATFORMS["business_model"] == "free").to_numpy()[platform_k]
+    rental = ~free & (u[:, 1] < 0.2)
     monthly = PLATFORMS["monthly_price_usd"].fill_null(0.0).to_numpy()[platform_k]
-    rental_price = np.round(2.99 + np.floor(detail[:, 0] * 1000 % 4) * 1.0, 2)
-    price = np.where(free, np.nan, np.where(rental, rental_price, monthly))
+    price = np.where(free, np.nan, np.where(rental, 2.99 + np.floor(u[:, 2] * 4), monthly))
     return pl.DataFrame({
-        "media_id": [m for m, _ in kept],
-        "platform_id": [p for _, p in kept],
+        "media_id": pl.Series(media_ids, dtype=pl.String).gather(keep // len(platform_ids)),
+        "platform_id": pl.Series(platform_ids).gather(platform_k),
         "offer_type": np.where(free, "free", np.where(rental, "rental", "subscription")),
         "price_usd": pl.Series(price).fill_nan(None),
-        "regions": [[REGIONS[j] for j in row] for row in
-                    hashrand.distinct_choices(picks[:, :width], len(REGIONS), region_n)],
-        "subtitle_languages": [[SUBTITLE_LANGUAGES[j] for j in row] for row in
-                               hashrand.distinct_choices(picks[:, width:2 * width], width, subtitle_n)],
-        "audio_languages": [[AUDIO_LANGUAGES[j] for j in row] for row in
-                            hashrand.distinct_choices(picks[:, 2 * width:], len(AUDIO_LANGUAGES), audio_n)],
-        "quality_options": [QUALITY_LEVELS[: q + 1] for q in top_quality],
-        "hdr": hdr,
-        "dolby_atmos": atmos,
+        "regions": hashrand.ranked_lists(lists[:, :n_regions], 1 + (u[:, 3] * 3).astype(np.int64),
+                                         pl.Series(REGIONS)),
+        "subtitle_languages": hashrand.ranked_lists(lists[:, n_regions:n_regions + n_subs],
+                                                    2 + (u[:, 4] * 5).astype(np.int64), pl.Series(SUBTITLE_LANGUAGES)),
+        "audio_languages": hashrand.ranked_lists(lists[:, n_regions + n_subs:], 1 + (u[:, 5] * 3).astype(np.int64),
+                                                 pl.Series(AUDIO_LANGUAGES)),
+        "quality_options": pl.Series([QUALITY_LEVELS[: q + 1] for q in range(3)]).gather(top_quality),
+        "hdr": is_4k & (u[:, 6] < 0.7),
+        "dolby_atmos": is_4k & (u[:, 7] < 0.5),
     }, schema_overrides=_AVAILABILITY_SCHEMA)
 
 

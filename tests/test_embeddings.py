@@ -1,0 +1,150 @@
+"""Embeddings with the real all-MiniLM-L6-v2 on tiny inputs: unit vectors, determinism, resume,
+refresh, user-vector weighting, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks import embeddings
+from tasks.embeddings import (EmbeddingError, encode_to_h5, load_model, model_path, movie_texts, quality, read_h5,
+                              user_vectors)
+
+TEXTS = [f"A {adj} film about {topic} and {thing}." for adj, topic, thing in zip(
+    ["quiet", "loud", "slow", "tender", "grim", "funny", "bright", "dark", "strange", "gentle"] * 3,
+    ["the sea", "a war", "love", "space", "a heist", "family", "music", "a ghost", "robots", "cooking"] * 3,
+    ["friendship", "revenge", "time", "loss", "money", "trust", "fame", "memory", "power", "home"] * 3)]
+TEXTS = [f"{t} Part {i}." for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("all-MiniLM-L6-v2", "cpu")
+
+
+def frame(texts=TEXTS) -> pl.DataFrame:
+    return pl.DataFrame({"id": [f"m{i}" for i in range(len(texts))], "text": texts})
+
+
+def test_unit_vectors_deterministic_with_metadata(model, tmp_path):
+    encode_to_h5(frame(), tmp_path / "a.h5", model, "all-MiniLM-L6-v2")
+    encode_to_h5(frame(), tmp_path / "b.h5", model, "all-MiniLM-L6-v2")
+    ids, a = read_h5(tmp_path / "a.h5")
+    _, b = read_h5(tmp_path / "b.h5")
+    assert ids == [f"m{i}" for i in range(len(TEXTS))] and a.shape == (len(TEXTS), 384) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(a, b)
+    with h5py.File(tmp_path / "a.h5") as f:
+        assert f.attrs["model"] == "all-MiniLM-L6-v2" and f.attrs["dim"] == 384 and f.attrs["normalized"]
+        assert f.attrs["created_at"] and f["embeddings"].chunks is not None and "done" not in f
+    assert not (tmp_path / "a.h5.partial").exists()
+
+
+def test_resume_after_interruption_matches_a_full_run(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings, "CHUNK_ROWS", 8)
+    encode_to_h5(frame(), tmp_path / "full.h5", model, "all-MiniLM-L6-v2")
+    with pytest.raises(KeyboardInterrupt):
+        encode_to_h5(frame(), tmp_path / "cut.h5", model, "all-MiniLM-L6-v2", stop_after_chunks=2)
+    assert (tmp_path / "cut.h5.partial").exists() and not (tmp_path / "cut.h5").exists()
+    counts = encode_to_h5(frame(), tmp_path / "cut.h5", model, "all-MiniLM-L6-v2")
+    assert counts["resumed"] == 16 and counts["encoded"] == len(TEXTS) - 16
+    assert np.allclose(read_h5(tmp_path / "cut.h5")[1], read_h5(tmp_path / "full.h5")[1], atol=1e-6)
+
+
+def test_refresh_re_encodes_only_what_changed(model, tmp_path):
+    path = tmp_path / "media.h5"
+    encode_to_h5(frame(), path, model, "all-MiniLM-L6-v2")
+    _, before = read_h5(path)
+    changed = list(TEXTS)
+    changed[7] = "An entirely different story about mountains."
+    counts = encode_to_h5(frame(changed + ["A brand new item."]), path, model, "all-MiniLM-L6-v2")
+    assert (counts["encoded"], counts["carried_over"]) == (2, len(TEXTS) - 1)
+    ids, after = read_h5(path)
+    assert len(ids) == len(TEXTS) + 1
+    unchanged = [i for i in range(len(TEXTS)) if i != 7]
+    assert np.array_equal(after[unchanged], before[unchanged])
+    assert not np.allclose(after[7], before[7])
+
+
+def test_bad_input(model, tmp_path):
+    with pytest.raises(EmbeddingError, match="1 empty text.*'m1'"):
+        encode_to_h5(frame(["fine", "   "]), tmp_path / "x.h5", model, "all-MiniLM-L6-v2")
+    long_text = " ".join(["word"] * 5_000)
+    counts = encode_to_h5(frame(["short", long_text]), tmp_path / "long.h5", model, "all-MiniLM-L6-v2")
+    assert counts["truncated"] == 1
+    assert np.allclose(np.linalg.norm(read_h5(tmp_path / "long.h5")[1], axis=1), 1.0, atol=1e-5)
+    with pytest.raises(EmbeddingError, match="unknown model 'no-such-model'"):
+        model_path("no-such-model")
+
+
+def test_unknown_model_offline_says_how_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(EmbeddingError, match=r"'BAAI/bge-base-en-v1.5' is not available offline.*huggingface-cli"):
+        model_path("BAAI/bge-base-en-v1.5", tmp_path / "models")
+    (tmp_path / "models" / "bge-base-en-v1.5").mkdir(parents=True)
+    assert model_path("BAAI/bge-base-en-v1.5", tmp_path / "models") == tmp_path / "models" / "bge-base-en-v1.5"
+
+
+def write_vectors(path, ids, vectors):
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=np.asarray(vectors, dtype=np.float32))
+        f.attrs["model"] = "test"
+
+
+def test_user_vector_weighting(tmp_path):
+    write_vectors(tmp_path / "media.h5", ["ml_1", "ml_2", "ml_3"], np.eye(3))
+    pl.DataFrame({"user_id": [1, 1, 2, 2, 3, 3, 4], "movie_id": [1, 2, 1, 2, 1, 2, 99],
+                  "rating": [0.5, 0.5, 3.0, 3.0, 5.0, 0.5, 4.0]},
+                 schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32}
+                 ).write_parquet(tmp_path / "ratings.parquet")
+    counts = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
+    ids, vectors = read_h5(tmp_path / "users.h5")
+    by_user = dict(zip(ids, vectors))
+    assert counts == {"users": 3, "users_without_vector": 1, "ratings_used": 6}  # user 4 rated no embedded movie
+    half = np.array([1, 1, 0]) / np.sqrt(2)
+    assert np.allclose(by_user["1"], half) and np.allclose(by_user["2"], half)  # all 0.5 / all equal: plain mean
+    assert by_user["3"][0] > 0.99 and by_user["3"][1] > 0  # the liked movie dominates; the disliked counts a little
+    assert np.isfinite(vectors).all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+
+
+def test_movie_texts_follow_the_seed(tmp_path):
+    pl.DataFrame({"media_id": ["ml_1", "ml_2"], "title": ["Toy Story", "Babylon 5"], "year": [1995, None],
+                  "genres": [["Adventure", "Animation"], []]},
+                 schema={"media_id": pl.String, "title": pl.String, "year": pl.Int16, "genres": pl.List(pl.String)}
+                 ).write_parquet(tmp_path / "movies.parquet")
+    pl.DataFrame({"media_id": ["ml_1", "ml_1"], "tag": ["toys", "pixar"], "rank": [2, 1]},
+                 schema={"media_id": pl.String, "tag": pl.String, "rank": pl.Int16}
+                 ).write_parquet(tmp_path / "genome_scores.parquet")
+    texts = dict(movie_texts(tmp_path).iter_rows())
+    assert texts["ml_1"] == "Toy Story. (1995). Genres: Adventure, Animation. Themes: pixar, toys"
+    assert texts["ml_2"] == "Babylon 5."
+
+
+def test_quality_metrics(model, tmp_path):
+    encode_to_h5(frame(), tmp_path / "q.h5", model, "all-MiniLM-L6-v2")
+    metrics = quality(tmp_path / "q.h5", model, TEXTS)
+    assert metrics["nan"] == metrics["inf"] == 0 and metrics["dim"] == 384
+    assert metrics["norm_min"] > 0.999 and metrics["unique_ratio"] == 1.0
+    assert metrics["near_duplicate_similarity"] > metrics["random_pair_similarity"] + 0.1
+
+
+def test_embed_flow(prefect_server, tmp_path):
+    from flows.embed import embed_flow
+    from tasks.movielens import ingest_release
+    from tests.test_ingest import write_release
+
+    data = tmp_path / "data"
+    ingest_release(write_release(tmp_path / "rel"), data / "processed")
+    written = embed_flow(str(data), device="cpu")
+    ids, media = read_h5(written["media"])
+    assert len(ids) == 8 and media.shape == (8, 384)
+    users, vectors = read_h5(written["users"])
+    assert sorted(users) == ["1", "2"] and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    stats = json.loads((data / "embeddings" / "stats.json").read_text())
+    assert stats["media"]["encoded"] == 8 and stats["users"]["users"] == 2 and stats["media"]["quality"]["nan"] == 0

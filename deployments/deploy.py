@@ -16,7 +16,9 @@ from tasks import services
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK_POOLS = {"local-process": "process"}
+# local-process runs flows beside the worker; a100-gpu runs the embed stage in the GPU image
+# (deployments/gpu.Dockerfile) on a host with Docker and NVIDIA's container toolkit.
+WORK_POOLS = {"local-process": "process", "a100-gpu": "docker"}
 
 
 def prefect_cli(*args: str, env: dict[str, str]) -> None:
@@ -31,6 +33,7 @@ def deploy(settings: Settings) -> None:
     if api_url is None:
         raise SystemExit("No Prefect server: set PREFECT_API_URL, or run `python -m tasks.services start prefect`.")
     env = {**os.environ, "PREFECT_API_URL": api_url, "MG_PROJECT_DIR": str(ROOT),
+           "MG_DATA_HOST_DIR": os.environ.get("MG_DATA_HOST_DIR", str(settings.data_dir.resolve())),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     for pool, pool_type in WORK_POOLS.items():
         prefect_cli("work-pool", "create", pool, "--type", pool_type, "--overwrite", env=env)

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import load_settings, prefect_api
+from flows.embed import embed_flow
 from flows.ingest import ingest_flow
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
@@ -23,13 +24,16 @@ from tasks.movielens_sample import sample_release_task
 
 # Stages that later issues build; asked for, they report that instead of pretending to run.
 NOT_BUILT = {
-    "embed": "issue #5 (embeddings)",
     "validate": "issue #6 (Great Expectations suites)",
     "milvus": "a later issue (Milvus loader)",
     "postgres": "a later issue (PostgreSQL+pgvector loader)",
     "neo4j": "a later issue (Neo4j loader)",
     "agentdb": "a later issue (AgentDB loader)",
 }
+
+
+# Work pool -> the embed deployment that runs there (prefect.yaml).
+EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
 
 
 @flow(name="full-refresh", log_prints=True)
@@ -47,6 +51,7 @@ def full_flow(
     no_postgres: bool = False,
     no_neo4j: bool = False,
     no_agentdb: bool = False,
+    embed_on: str | None = None,
 ) -> list[dict]:
     """Run every stage that is asked for; returns one summary row per stage. Empty parameters take
     the pipeline's settings (environment or .env)."""
@@ -80,7 +85,28 @@ def full_flow(
         record("synthetic", "completed", f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
                                          f"-> {Path(written['users'][0]).parent}", started)
 
-    asked = {"embed": not skip_embed, "validate": not skip_validate,
+    if skip_embed:
+        record("embed", "skipped", "--skip-embed")
+    else:
+        started = time.perf_counter()
+        if embed_on:
+            # The GPU pool's deployment; it reads and writes the same data dir through its volume.
+            from prefect.deployments import run_deployment
+
+            if embed_on not in EMBED_DEPLOYMENTS:
+                raise ValueError(f"--embed-on {embed_on!r}: no embed deployment on that pool; "
+                                 f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
+            run = run_deployment(EMBED_DEPLOYMENTS[embed_on], parameters={"model": settings.model, "device": "cuda"},
+                                 as_subflow=True)
+            if not run.state or not run.state.is_completed():
+                raise RuntimeError(f"embedding on {embed_on} ended {run.state.name if run.state else 'without a state'}")
+            record("embed", "completed", f"on the {embed_on} work pool (flow run {run.name})", started)
+        else:
+            written = embed_flow(data_dir=str(data), model=settings.model, device=settings.device)
+            record("embed", "completed", f"{', '.join(sorted(written))} ({settings.model}) "
+                                         f"-> {Path(written['media']).parent}", started)
+
+    asked = {"validate": not skip_validate,
              "milvus": not no_milvus, "postgres": not no_postgres, "neo4j": not no_neo4j,
              "agentdb": not no_agentdb}
     for stage, wanted in asked.items():
@@ -108,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog-size", type=int, help="items in the synthetic media catalog")
     parser.add_argument("--model", help="embedding model name (default all-MiniLM-L6-v2)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="embedding device")
+    parser.add_argument("--embed-on", metavar="POOL",
+                        help="run the embed stage on a GPU work pool's deployment (e.g. a100-gpu) "
+                             "instead of in this process")
     for stage in ("ingest", "synthetic", "embed", "validate"):
         parser.add_argument(f"--skip-{stage}", action="store_true", help=f"do not run the {stage} stage")
     for store in ("milvus", "postgres", "neo4j", "agentdb"):
@@ -126,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=str(settings.data_dir), source=args.source, catalog_size=args.catalog_size, model=args.model,
             device=args.device, skip_ingest=args.skip_ingest, skip_synthetic=args.skip_synthetic,
             skip_embed=args.skip_embed, skip_validate=args.skip_validate, no_milvus=args.no_milvus,
-            no_postgres=args.no_postgres, no_neo4j=args.no_neo4j, no_agentdb=args.no_agentdb)
+            no_postgres=args.no_postgres, no_neo4j=args.no_neo4j, no_agentdb=args.no_agentdb,
+            embed_on=args.embed_on)
     print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
     for row in rows:
         seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8

@@ -44,6 +44,21 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         starts = {r.expected_start_time.astimezone().utctimetuple()[3:5] for r in scheduled}
         assert starts == {(3, 0)}
 
+        # The GPU deployment registers on its docker pool, and the container it would start asks for every GPU.
+        gpu = client.read_deployment_by_name("embed/embed-gpu")
+        pool = client.read_work_pool("a100-gpu")
+        assert (gpu.work_pool_name, pool.type) == ("a100-gpu", "docker")
+        from prefect_docker.worker import DockerWorkerJobConfiguration
+
+        import asyncio
+
+        config = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
+            pool.base_job_template, gpu.job_variables))
+        assert config.container_create_kwargs["device_requests"] == [
+            {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
+        assert config.image == "media-gateway-embed-gpu:latest" and config.env["MG_DATA_DIR"] == "/data"
+        assert config.volumes[0].endswith(":/data") and "{{" not in config.volumes[0]
+
     data_dir = tmp_path / "data"
     flow_run = run_deployment(
         "full-refresh/full-refresh", timeout=0,

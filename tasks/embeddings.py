@@ -272,19 +272,23 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     import scipy.sparse as sp
 
     media_ids, vectors = read_h5(media_h5)
-    known = pl.DataFrame({"media_id": media_ids, "col": np.arange(len(media_ids), dtype=np.int64)})
+    # Join on the integer movie id (media ids are "ml_<movieId>"), and index rows by user id
+    # directly: no string keys and no sort over the 25M ratings.
+    lookup = pl.DataFrame({"movie_id": [int(m.removeprefix("ml_")) for m in media_ids],
+                           "col": np.arange(len(media_ids))}, schema={"movie_id": pl.Int32, "col": pl.Int32})
     frame = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
-             .with_columns(media_id=pl.format("ml_{}", "movie_id"))
-             .join(known.lazy(), on="media_id", how="inner")
-             .with_columns(row=pl.col("user_id").rank("dense").cast(pl.Int64) - 1)
-             .select("user_id", "row", "col", weight=(pl.col("rating") / 5.0) ** 2)
+             .join(lookup.lazy(), on="movie_id", how="inner")
+             .select("user_id", "col", weight=((pl.col("rating") / 5.0) ** 2).cast(pl.Float32))
              .collect(engine="streaming"))
-    users = frame.group_by("row").agg(pl.col("user_id").first()).sort("row")["user_id"].to_numpy()
-    matrix = sp.csr_matrix((frame["weight"].to_numpy().astype(np.float32),
-                            (frame["row"].to_numpy(), frame["col"].to_numpy())),
-                           shape=(len(users), len(media_ids)))
+    user_id = frame["user_id"].to_numpy()
+    matrix = sp.csr_matrix((frame["weight"].to_numpy(), (user_id, frame["col"].to_numpy())),
+                           shape=(int(user_id.max()) + 1 if len(user_id) else 0, len(media_ids)))
+    del frame, user_id
+    weight_sums = np.asarray(matrix.sum(axis=1)).ravel()
+    users = np.flatnonzero(weight_sums > 0)  # users with at least one embedded movie (weights are > 0)
+    matrix = matrix[users]
     summed = np.asarray(matrix @ vectors, dtype=np.float32)
-    summed /= np.asarray(matrix.sum(axis=1), dtype=np.float32)  # the weighted mean (weights > 0)
+    summed /= weight_sums[users, None].astype(np.float32)  # the weighted mean
     norms = np.linalg.norm(summed, axis=1, keepdims=True)
     summed /= np.where(norms > 0, norms, 1.0)
     all_users = pl.scan_parquet(ratings).select(pl.col("user_id").n_unique()).collect().item()
@@ -296,7 +300,7 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
                        weighting="(rating/5)^2", created_at=datetime.now(timezone.utc).isoformat())
     tmp.rename(out)
     return {"users": int(len(users)), "users_without_vector": int(all_users - len(users)),
-            "ratings_used": int(frame.height)}
+            "ratings_used": int(matrix.nnz)}
 
 
 def _attr(path: Path, name: str) -> str:

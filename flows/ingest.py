@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with prefect_api(settings):
         stats_path = ingest_flow(args.source, str(settings.data_dir), args.on_bad_rows, args.max_reject_fraction)
     stats = json.loads(Path(stats_path).read_text())
-    for key, counts in stats["files"].items():
+    for counts in stats["files"].values():
         print(f"{counts['source']:18} {counts['rows_written']:>12,} rows  {counts['rows_rejected']:>8,} rejected")
     return 0
 

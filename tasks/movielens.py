@@ -429,7 +429,7 @@ def ingest_task(release: str, out_dir: str, on_bad_rows: OnBadRows = "reject",
     """Returns the path of stats.json; the Parquet files lie beside it."""
     stats = ingest_release(Path(release), Path(out_dir), on_bad_rows, max_reject_fraction)
     logger = get_run_logger()
-    for key, counts in stats["files"].items():
+    for counts in stats["files"].values():
         logger.info("%s: %s rows written, %s rejected", counts["source"], f"{counts['rows_written']:,}",
                     f"{counts['rows_rejected']:,}")
     return str(Path(out_dir) / "stats.json")

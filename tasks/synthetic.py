@@ -127,7 +127,6 @@ def _shares(base: np.ndarray, noise: np.ndarray) -> np.ndarray:
 def profiles(user_ids: np.ndarray, seed: int = 42) -> pl.DataFrame:
     """Demographics and preferences for these users; row i depends only on (seed, user_ids[i])."""
     ids = np.asarray(user_ids, dtype=np.int64)
-    n = len(ids)
     arche = hashrand.choice(hashrand.uniform(seed, "archetype", ids)[:, 0], [a.weight for a in ARCHETYPES])
     u = hashrand.uniform(seed, "demographics", ids, 8)
     age = _age_bands(arche, u[:, 0])

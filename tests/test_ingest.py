@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
-import os
-import shutil
 import threading
 import time
 import zipfile

@@ -16,9 +16,10 @@ from tasks import services
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-# local-process runs flows beside the worker; a100-gpu runs the embed stage in the GPU image
-# (deployments/gpu.Dockerfile) on a host with Docker and NVIDIA's container toolkit.
-WORK_POOLS = {"local-process": "process", "a100-gpu": "docker"}
+# Pool -> (type, base job template). local-process runs flows beside the worker; a100-gpu runs the
+# embed stage in the GPU image (deployments/gpu.Dockerfile) on a host with Docker and NVIDIA's
+# container toolkit; its template makes every container it starts ask for all GPUs.
+WORK_POOLS = {"local-process": ("process", None), "a100-gpu": ("docker", ROOT / "deployments/pools/a100-gpu.json")}
 
 
 def prefect_cli(*args: str, env: dict[str, str]) -> None:
@@ -35,8 +36,9 @@ def deploy(settings: Settings) -> None:
     env = {**os.environ, "PREFECT_API_URL": api_url, "MG_PROJECT_DIR": str(ROOT),
            "MG_DATA_HOST_DIR": os.environ.get("MG_DATA_HOST_DIR", str(settings.data_dir.resolve())),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    for pool, pool_type in WORK_POOLS.items():
-        prefect_cli("work-pool", "create", pool, "--type", pool_type, "--overwrite", env=env)
+    for pool, (pool_type, template) in WORK_POOLS.items():
+        extra = ("--base-job-template", str(template)) if template else ()
+        prefect_cli("work-pool", "create", pool, "--type", pool_type, *extra, "--overwrite", env=env)
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
     print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}")
 

@@ -58,6 +58,9 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
             {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
         assert config.image == "media-gateway-embed-gpu:latest" and config.env["MG_DATA_DIR"] == "/data"
         assert config.volumes[0].endswith(":/data") and "{{" not in config.volumes[0]
+        # The pool's own template asks for the GPUs too, for any deployment put on it.
+        bare = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(pool.base_job_template, {}))
+        assert bare.container_create_kwargs["device_requests"][0]["capabilities"] == [["gpu"]]
 
     data_dir = tmp_path / "data"
     flow_run = run_deployment(

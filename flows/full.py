@@ -8,6 +8,7 @@ Without --source it ingests a small generated MovieLens-format release (and says
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -21,10 +22,10 @@ from flows.ingest import ingest_flow
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
 from tasks.movielens_sample import sample_release_task
+from tasks.validation import validate_task
 
 # Stages that later issues build; asked for, they report that instead of pretending to run.
 NOT_BUILT = {
-    "validate": "issue #6 (Great Expectations suites)",
     "milvus": "a later issue (Milvus loader)",
     "postgres": "a later issue (PostgreSQL+pgvector loader)",
     "neo4j": "a later issue (Neo4j loader)",
@@ -64,6 +65,16 @@ def full_flow(
         seconds = round(time.perf_counter() - started, 1) if started else None
         rows.append({"stage": stage, "status": status, "seconds": seconds, "detail": detail})
 
+    def gate(stage: str, missing_ok: bool = False) -> None:
+        """Validate the stage's datasets; a critical failure stops the flow here, before any load."""
+        if skip_validate:
+            return
+        started = time.perf_counter()
+        report = json.loads(Path(validate_task(str(data), stage, missing_ok)).read_text())
+        counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
+        record(f"validate:{stage}", "passed", f"{counts['pass']} suites pass, {counts['warn']} with warnings "
+                                              f"-> {data / 'reports'}", started)
+
     if skip_ingest:
         record("ingest", "skipped", "--skip-ingest")
     else:
@@ -76,6 +87,7 @@ def full_flow(
                 "small", str(release), settings.seed)
         stats_path = ingest_flow(source=source, data_dir=str(data))
         record("ingest", "completed", f"{source} -> {Path(stats_path).parent}", started)
+        gate("ingest")
 
     if skip_synthetic:
         record("synthetic", "skipped", "--skip-synthetic")
@@ -84,6 +96,7 @@ def full_flow(
         written = synthetic_flow(data_dir=str(data), catalog_size=settings.catalog_size, seed=settings.seed)
         record("synthetic", "completed", f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
                                          f"-> {Path(written['users'][0]).parent}", started)
+        gate("synthetic")
 
     if skip_embed:
         record("embed", "skipped", "--skip-embed")
@@ -105,9 +118,15 @@ def full_flow(
             written = embed_flow(data_dir=str(data), model=settings.model, device=settings.device)
             record("embed", "completed", f"{', '.join(sorted(written))} ({settings.model}) "
                                          f"-> {Path(written['media']).parent}", started)
+        gate("embed")
 
-    asked = {"validate": not skip_validate,
-             "milvus": not no_milvus, "postgres": not no_postgres, "neo4j": not no_neo4j,
+    if skip_validate:
+        record("validate", "skipped", "--skip-validate")
+    # Before any load: the data of skipped stages is validated too, where it exists.
+    for stage, skipped in (("ingest", skip_ingest), ("synthetic", skip_synthetic), ("embed", skip_embed)):
+        if skipped:
+            gate(stage, missing_ok=True)
+    asked = {"milvus": not no_milvus, "postgres": not no_postgres, "neo4j": not no_neo4j,
              "agentdb": not no_agentdb}
     for stage, wanted in asked.items():
         if not wanted:
@@ -160,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
     for row in rows:
         seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
-        print(f"  {row['stage']:10} {row['status']:14} {seconds}  {row['detail']}")
+        print(f"  {row['stage']:18} {row['status']:14} {seconds}  {row['detail']}")
     return 0
 
 

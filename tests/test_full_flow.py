@@ -31,11 +31,13 @@ def test_default_run_ingests_a_generated_release_and_reports(prefect_server, tmp
     # Embedding ~12k texts on 2 CPU cores takes minutes: tests/test_embeddings.py runs that stage.
     assert main(["--data-dir", str(data), "--catalog-size", "2000", "--skip-embed"]) == 0
     out = capsys.readouterr().out
-    assert "ingest     completed" in out and "synthetic  completed" in out
+    assert "ingest             completed" in out and "synthetic          completed" in out
+    assert "validate:ingest    passed" in out and "validate:synthetic passed" in out
+    assert (data / "reports" / "validation_report.json").exists()
     assert (data / "synthetic" / "users.parquet").exists() and (data / "synthetic" / "media_catalog.parquet").exists()
-    assert "embed      skipped" in out
-    for stage in ("validate", "milvus", "postgres", "neo4j", "agentdb"):
-        assert f"{stage:10} not built yet" in out
+    assert "embed              skipped" in out
+    for stage in ("milvus", "postgres", "neo4j", "agentdb"):
+        assert f"{stage:18} not built yet" in out
     stats = json.loads((data / "processed" / "stats.json").read_text())
     assert stats["files"]["ratings"]["rows_written"] == pl.scan_parquet(
         data / "processed" / "ratings.parquet").select(pl.len()).collect().item() > 50_000

@@ -1,0 +1,290 @@
+"""Great Expectations validation of every dataset, with a gate before the loads.
+
+Suites are files in expectations/<suite>.json (GX's suite JSON plus `meta`): `meta.dataset` names
+the file under the data dir, `meta.batch` says how GX sees it:
+- "rows": the Parquet file itself (only the columns the expectations name), every row checked;
+- "aggregates": one row of figures that Polars computes over the whole file (AGGREGATES below), for
+  data too large to hand to pandas (25M ratings) or checks that span files (referential integrity,
+  distributions, row counts against stats.json); GX checks those figures.
+Every expectation has `meta.severity`: a failed "critical" one stops the flow before any load, with
+the suite, the expectation and sample offending values; a failed "warning" is reported and the run
+goes on. A suite whose dataset is absent is skipped unless it is required (`meta.optional` false).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+HALF_STARS = [x / 2 for x in range(1, 11)]
+ARCHETYPE_WEIGHTS = {"cinephile": 0.12, "casual": 0.30, "family": 0.15, "young_adult": 0.20, "senior": 0.08,
+                     "international": 0.10, "genre_specialist": 0.05}
+TYPE_MIX = {"video": 0.4, "image": 0.3, "audio": 0.2, "document": 0.1}
+
+
+class ValidationFailed(RuntimeError):
+    """A critical expectation failed; nothing may be loaded."""
+
+
+def _stats_rows(data: Path, key: str) -> int | None:
+    stats = data / "processed" / "stats.json"
+    if not stats.exists():
+        return None
+    return json.loads(stats.read_text())["files"].get(key, {}).get("rows_written")
+
+
+def _movie_ids(data: Path) -> pl.Series:
+    return pl.read_parquet(data / "processed" / "movies.parquet", columns=["movie_id"])["movie_id"]
+
+
+def _ratings(data: Path) -> dict:
+    lf = pl.scan_parquet(data / "processed" / "ratings.parquet")
+    known = _movie_ids(data).implode()
+    row = lf.select(
+        rows=pl.len(),
+        null_keys=pl.any_horizontal(pl.col("user_id", "movie_id", "rating", "timestamp").is_null()).sum(),
+        off_grid=(~pl.col("rating").is_in(HALF_STARS)).sum(),
+        unknown_movie=(~pl.col("movie_id").is_in(known)).sum(),
+        duplicate_pairs=pl.len() - pl.struct("user_id", "movie_id").n_unique(),
+        min_timestamp=pl.col("timestamp").min(), max_timestamp=pl.col("timestamp").max(),
+    ).collect(engine="streaming").row(0, named=True)
+    expected = _stats_rows(data, "ratings")
+    row["rows_vs_stats"] = 0 if expected is None else row["rows"] - expected
+    return row
+
+
+def _tags(data: Path) -> dict:
+    lf = pl.scan_parquet(data / "processed" / "tags.parquet")
+    row = lf.select(
+        rows=pl.len(),
+        null_keys=pl.any_horizontal(pl.col("user_id", "movie_id", "timestamp").is_null()).sum(),
+        empty_tags=(pl.col("tag").is_null() | (pl.col("tag").str.strip_chars() == "")).sum(),
+        unknown_movie=(~pl.col("movie_id").is_in(_movie_ids(data).implode())).sum(),
+    ).collect(engine="streaming").row(0, named=True)
+    expected = _stats_rows(data, "tags")
+    row["rows_vs_stats"] = 0 if expected is None else row["rows"] - expected
+    return row
+
+
+def _genome_integrity(data: Path) -> dict:
+    lf = pl.scan_parquet(data / "processed" / "genome_scores.parquet")
+    return lf.select(unknown_movie=(~pl.col("movie_id").is_in(_movie_ids(data).implode())).sum()).collect().row(
+        0, named=True)
+
+
+def _share_error(shares: dict[str, float], expected: dict[str, float], n: int) -> int:
+    """How many categories miss their share by more than 0.02 plus four standard errors."""
+    misses = 0
+    for key, p in expected.items():
+        tolerance = 0.02 + 4 * np.sqrt(p * (1 - p) / max(n, 1))
+        misses += abs(shares.get(key, 0.0) - p) > tolerance
+    return int(misses)
+
+
+def _users_distribution(data: Path) -> dict:
+    users = pl.read_parquet(data / "synthetic" / "users.parquet", columns=["user_id", "archetype"])
+    shares = users["archetype"].cast(pl.String).value_counts(normalize=True)
+    rated = pl.scan_parquet(data / "processed" / "ratings.parquet").select(pl.col("user_id").n_unique()).collect()
+    return {"archetype_share_error_over_tolerance":
+            _share_error(dict(zip(shares["archetype"], shares["proportion"])), ARCHETYPE_WEIGHTS, users.height),
+            "users_vs_ratings": users.height - rated.item()}
+
+
+def _availability(data: Path) -> dict:
+    listings = pl.read_parquet(data / "synthetic" / "availability.parquet",
+                               columns=["media_id", "platform_id", "offer_type", "price_usd"])
+    media = pl.read_parquet(data / "processed" / "movies.parquet", columns=["media_id"])["media_id"]
+    return {
+        "priced_free_listings": listings.filter((pl.col("offer_type") == "free") & pl.col("price_usd").is_not_null()).height,
+        "unpriced_paid_listings": listings.filter((pl.col("offer_type") != "free") & pl.col("price_usd").is_null()).height,
+        "duplicate_pairs": listings.height - listings.select("media_id", "platform_id").n_unique(),
+        "unknown_media": listings.filter(~pl.col("media_id").is_in(media.implode())).height,
+        "coverage": listings["media_id"].n_unique() / max(len(media), 1),
+        "platforms_per_movie": listings.height / max(len(media), 1),
+    }
+
+
+def _catalog(data: Path) -> dict:
+    lf = pl.scan_parquet(data / "synthetic" / "media_catalog.parquet")
+    row = lf.select(rows=pl.len(), duplicate_ids=pl.len() - pl.col("id").n_unique(),
+                    empty_content_text=(pl.col("content_text").is_null() | (pl.col("content_text") == "")).sum(),
+                    unknown_types=(~pl.col("type").is_in(list(TYPE_MIX))).sum()).collect().row(0, named=True)
+    shares = lf.select("type").collect()["type"].value_counts(normalize=True)
+    row["type_share_error_over_tolerance"] = _share_error(dict(zip(shares["type"], shares["proportion"])), TYPE_MIX,
+                                                         row["rows"])
+    return row
+
+
+def _embeddings(data: Path) -> dict:
+    import h5py
+
+    folder = data / "embeddings"
+    stats = json.loads((folder / "stats.json").read_text()) if (folder / "stats.json").exists() else {}
+    row = {"nan_or_inf": 0, "not_unit_norm": 0, "dim_mismatch": 0, "ids_vs_rows": 0, "unique_ratio": 1.0,
+           "similar_not_closer": 0}
+    for path in sorted(folder.glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            vectors, ids = f["embeddings"][:], f["ids"].shape[0]
+            row["dim_mismatch"] += int(vectors.shape[1] != int(f.attrs.get("dim", vectors.shape[1])))
+        row["nan_or_inf"] += int((~np.isfinite(vectors)).sum())
+        row["not_unit_norm"] += int((np.abs(np.linalg.norm(vectors, axis=1) - 1) > 1e-3).sum())
+        row["ids_vs_rows"] += ids - len(vectors)
+        if len(vectors):
+            sample = vectors[np.random.default_rng(0).choice(len(vectors), min(5000, len(vectors)), replace=False)]
+            row["unique_ratio"] = min(row["unique_ratio"],
+                                      len(np.unique(np.round(sample, 4), axis=0)) / len(sample))
+        quality = stats.get(path.stem, {}).get("quality", {})
+        if "near_duplicate_similarity" in quality:
+            row["similar_not_closer"] += int(quality["near_duplicate_similarity"] <= quality["random_pair_similarity"])
+    return row
+
+
+AGGREGATES: dict[str, Callable[[Path], dict]] = {
+    "ratings": _ratings, "tags": _tags, "genome_integrity": _genome_integrity,
+    "users_distribution": _users_distribution, "availability": _availability, "catalog": _catalog,
+    "embeddings": _embeddings,
+}
+
+
+def load_suites(folder: Path = EXPECTATIONS_DIR) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+
+
+def _columns(suite: dict) -> list[str]:
+    names = []
+    for e in suite["expectations"]:
+        kwargs = e["kwargs"]
+        names += [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
+        names += kwargs.get("column_list", [])
+    return list(dict.fromkeys(names))
+
+
+def _batch(suite: dict, data: Path):
+    """The pandas frame GX validates for this suite, or None when its dataset is absent."""
+    import pandas as pd
+
+    target = data / suite["meta"]["dataset"]
+    if not target.exists():
+        return None
+    if suite["meta"]["batch"] == "aggregates":
+        return pd.DataFrame([AGGREGATES[suite["name"]](data)])
+    if any(e["type"].startswith("expect_table_columns") for e in suite["expectations"]):
+        return pl.read_parquet(target).to_pandas()
+    return pl.read_parquet(target, columns=_columns(suite)).to_pandas()
+
+
+def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool = False) -> dict:
+    """Run every suite on the data dir; returns the report (also written to reports/validation_report.json).
+    missing_ok: a missing dataset is skipped even when its suite is not optional."""
+    import great_expectations as gx
+
+    data = Path(data_dir)
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    source = context.data_sources.add_pandas("media_gateway")
+    report: dict = {"data_dir": str(data), "suites": [], "critical_failures": 0, "warnings": 0}
+    for spec in suites or load_suites():
+        started = time.perf_counter()
+        entry = {"suite": spec["name"], "dataset": spec["meta"]["dataset"], "batch": spec["meta"]["batch"],
+                 "expectations": []}
+        frame = _batch(spec, data)
+        if frame is None:
+            optional = spec["meta"].get("optional") or missing_ok
+            entry["status"] = "skipped (no dataset)" if optional else "fail"
+            if not optional:
+                report["critical_failures"] += 1
+                entry["error"] = f"{data / spec['meta']['dataset']} is missing"
+            report["suites"].append(entry)
+            continue
+        suite = context.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"]))
+        batch = source.add_dataframe_asset(spec["name"]).add_batch_definition_whole_dataframe("all").get_batch(
+            batch_parameters={"dataframe": frame})
+        result = batch.validate(suite, result_format="SUMMARY")
+        for r in result.results:
+            severity = r.expectation_config.meta.get("severity", "critical")
+            details = r.result or {}
+            entry["expectations"].append({
+                "expectation": r.expectation_config.type, "kwargs": dict(r.expectation_config.kwargs),
+                "severity": severity, "success": bool(r.success),
+                "unexpected_count": details.get("unexpected_count"), "observed_value": _plain(details.get("observed_value")),
+                "sample": _plain(details.get("partial_unexpected_list", [])[:5]),
+                "error": str(r.exception_info.get("exception_message")) if r.exception_info.get("raised_exception") else None,
+            })
+        failed = [e for e in entry["expectations"] if not e["success"]]
+        critical = [e for e in failed if e["severity"] == "critical"]
+        report["critical_failures"] += len(critical)
+        report["warnings"] += len(failed) - len(critical)
+        entry["status"] = "fail" if critical else "warn" if failed else "pass"
+        entry["rows"] = len(frame)
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        report["suites"].append(entry)
+    out = data / "reports" / "validation_report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".validation_report.json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.rename(out)
+    return report
+
+
+def _plain(value):
+    """JSON-friendly values out of numpy and pandas."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def first_failure(report: dict) -> str | None:
+    """A message naming the suite, the expectation and sample offending values, for the gate."""
+    for suite in report["suites"]:
+        if suite["status"] != "fail":
+            continue
+        if "error" in suite and not suite["expectations"]:
+            return f"suite {suite['suite']}: {suite['error']}"
+        for e in suite["expectations"]:
+            if not e["success"] and e["severity"] == "critical":
+                column = e["kwargs"].get("column") or e["kwargs"].get("column_list") or ""
+                found = e["sample"] or e["observed_value"] or e["error"]
+                rows = f" on {e['unexpected_count']} rows" if e["unexpected_count"] else ""
+                return (f"suite {suite['suite']} ({suite['dataset']}): {e['expectation']}({column}) failed{rows}; "
+                        f"sample: {found}")
+    return None
+
+
+def markdown(report: dict) -> str:
+    rows = "\n".join(
+        f"| {s['suite']} | {s['status']} | {sum(e['success'] for e in s['expectations'])}/{len(s['expectations'])} "
+        f"| {s.get('rows', '')} | {s['batch']} |" for s in report["suites"])
+    return (f"# Validation\n\n{report['critical_failures']} critical failure(s), {report['warnings']} warning(s)\n\n"
+            f"| suite | status | passed | rows | batch |\n|---|---|---|---|---|\n{rows}\n")
+
+
+# --- Prefect task --------------------------------------------------------------------------------
+
+STAGE_DATASETS = {"ingest": "processed/", "synthetic": "synthetic/", "embed": "embeddings"}
+
+
+@task(name="validate")
+def validate_task(data_dir: str, stage: str | None = None, missing_ok: bool = False) -> str:
+    """Validate the suites of one stage's datasets (all when stage is None); publish a markdown
+    artifact; raise ValidationFailed on a critical failure. Returns the report's path."""
+    suites = [s for s in load_suites() if stage is None or s["meta"]["dataset"].startswith(STAGE_DATASETS[stage])]
+    report = validate(Path(data_dir), suites, missing_ok)
+    create_markdown_artifact(key=f"validation-{stage or 'all'}", markdown=markdown(report),
+                             description=f"Great Expectations results after {stage or 'every'} stage")
+    logger = get_run_logger()
+    for suite in report["suites"]:
+        logger.info("suite %s: %s", suite["suite"], suite["status"])
+    failure = first_failure(report)
+    if failure:
+        raise ValidationFailed(f"validation failed, nothing will be loaded: {failure}")
+    return str(Path(data_dir) / "reports" / "validation_report.json")

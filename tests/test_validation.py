@@ -1,0 +1,159 @@
+"""Great Expectations suites: every suite passes on good generated data and fails, with the right
+message, on data with one planted defect of each kind; the gate stops a flow before the loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import polars as pl
+import pytest
+
+from tasks import synthetic
+from tasks.movielens import ingest_release
+from tasks.templates import load_template, write_dataset
+from tasks.validation import first_failure, load_suites, validate
+
+
+def write_h5(path: Path, ids: list[str], vectors: np.ndarray) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=vectors.astype(np.float32))
+        f.attrs.update(model="test", dim=vectors.shape[1], normalized=True)
+
+
+@pytest.fixture(scope="module")
+def good_data(tmp_path_factory) -> Path:
+    from tasks.movielens_sample import generate
+
+    base = tmp_path_factory.mktemp("validation")
+    data = base / "data"
+    ingest_release(generate("small", base / "release", seed=11), data / "processed")
+    out = data / "synthetic"
+    summary = synthetic.rating_summary(data / "processed" / "ratings.parquet", data / "processed" / "movies.parquet")
+    synthetic._write(synthetic.profiles(summary["user_id"].to_numpy(), 42).join(summary, on="user_id"),
+                     out / "users.parquet")
+    synthetic.build_platforms(out / "platforms.parquet")
+    media_ids = pl.read_parquet(data / "processed" / "movies.parquet")["media_id"].to_list()
+    synthetic._write(synthetic.availability(media_ids), out / "availability.parquet")
+    write_dataset(load_template(synthetic.CATALOG_TEMPLATE), 3_000, out / "media_catalog.parquet")
+    (data / "embeddings").mkdir()
+    vectors = np.random.default_rng(0).normal(size=(len(media_ids), 16))
+    write_h5(data / "embeddings" / "media.h5", media_ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    return data
+
+
+@pytest.fixture()
+def data(good_data, tmp_path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(good_data, copy)
+    return copy
+
+
+def status(report: dict, suite: str) -> str:
+    return next(s["status"] for s in report["suites"] if s["suite"] == suite)
+
+
+def test_every_suite_passes_on_good_data(good_data):
+    report = validate(good_data)
+    assert {s["suite"]: s["status"] for s in report["suites"]} == {
+        s["name"]: ("skipped (no dataset)" if s["name"] in {"genome", "genome_integrity"} else "pass")
+        for s in load_suites()}
+    assert report["critical_failures"] == 0 and first_failure(report) is None
+    on_disk = json.loads((good_data / "reports" / "validation_report.json").read_text())
+    assert on_disk["suites"][0]["expectations"] and all("severity" in e for s in on_disk["suites"]
+                                                         for e in s["expectations"])
+
+
+def rewrite(path: Path, change) -> None:
+    change(pl.read_parquet(path)).write_parquet(path)
+
+
+DEFECTS = {
+    "schema": ("movies", "expect_table_columns_to_match_set",
+               lambda d: rewrite(d / "processed/movies.parquet", lambda f: f.drop("imdb_id"))),
+    "null": ("movies", "expect_column_values_to_not_be_null(title) failed on 1 rows",
+             lambda d: rewrite(d / "processed/movies.parquet",
+                               lambda f: f.with_columns(title=pl.when(pl.int_range(pl.len()) == 3).then(None)
+                                                        .otherwise("title")))),
+    "uniqueness": ("movies", "expect_column_values_to_be_unique(movie_id)",
+                   lambda d: rewrite(d / "processed/movies.parquet", lambda f: pl.concat([f, f.head(1)]))),
+    "half-star grid": ("ratings", "expect_column_values_to_be_between(off_grid)",
+                       lambda d: rewrite(d / "processed/ratings.parquet",
+                                         lambda f: f.with_columns(rating=pl.when(pl.int_range(pl.len()) == 5)
+                                                                  .then(4.3).otherwise("rating").cast(pl.Float32)))),
+    "plausible timestamps": ("ratings", "expect_column_values_to_be_between(min_timestamp)",
+                             lambda d: rewrite(d / "processed/ratings.parquet",
+                                               lambda f: f.with_columns(timestamp=pl.when(pl.int_range(pl.len()) == 0)
+                                                                        .then(315532800).otherwise("timestamp")))),
+    "referential integrity": ("ratings", "expect_column_values_to_be_between(unknown_movie)",
+                              lambda d: rewrite(d / "processed/ratings.parquet",
+                                                lambda f: f.with_columns(movie_id=pl.when(pl.int_range(pl.len()) == 0)
+                                                                         .then(999_999_9).otherwise("movie_id")))),
+    "row count against stats.json": ("ratings", "expect_column_values_to_be_between(rows_vs_stats)",
+                                     lambda d: rewrite(d / "processed/ratings.parquet", lambda f: f.head(-10))),
+    "free listing with a price": ("availability", "expect_column_values_to_be_between(priced_free_listings)",
+                                  lambda d: rewrite(d / "synthetic/availability.parquet",
+                                                    lambda f: f.with_columns(price_usd=pl.col("price_usd").fill_null(1.0)))),
+    "catalog key": ("catalog", "expect_column_values_to_be_between(duplicate_ids)",
+                    lambda d: rewrite(d / "synthetic/media_catalog.parquet",
+                                      lambda f: f.with_columns(id=pl.when(pl.int_range(pl.len()) == 2)
+                                                               .then(pl.lit(f["id"][0])).otherwise("id")))),
+    "embedding NaN": ("embeddings", "expect_column_values_to_be_between(nan_or_inf)",
+                      lambda d: _edit_h5(d, lambda v: v.__setitem__((0, 0), np.nan))),
+    "embedding norm": ("embeddings", "expect_column_values_to_be_between(not_unit_norm)",
+                       lambda d: _edit_h5(d, lambda v: v.__setitem__(1, v[1] * 3))),
+    "profile per rated user": ("users_distribution", "expect_column_values_to_be_between(users_vs_ratings)",
+                               lambda d: rewrite(d / "synthetic/users.parquet", lambda f: f.head(-1))),
+}
+
+
+def _edit_h5(data: Path, change) -> None:
+    with h5py.File(data / "embeddings/media.h5", "r+") as f:
+        vectors = f["embeddings"][:]
+        change(vectors)
+        f["embeddings"][:] = vectors
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_planted_defect_fails_its_suite_with_a_clear_message(data, defect):
+    suite, message, plant = DEFECTS[defect]
+    plant(data)
+    report = validate(data)
+    assert status(report, suite) == "fail"
+    failure = first_failure(report)
+    assert failure.startswith(f"suite {suite} (") and message in failure
+    assert sum(s["status"] == "fail" for s in report["suites"]) == 1  # only the planted defect's suite fails
+
+
+def test_distribution_drift_is_a_warning_not_a_stop(data):
+    rewrite(data / "synthetic/users.parquet",
+            lambda f: f.with_columns(archetype=pl.lit("casual").cast(f.schema["archetype"])))
+    report = validate(data)
+    assert status(report, "users_distribution") == "warn" and report["warnings"] >= 1
+    assert report["critical_failures"] == 0 and first_failure(report) is None
+
+
+def test_gate_stops_the_flow_before_the_loads(prefect_server, data, capsys):
+    from flows.full import full_flow
+    from tasks.validation import ValidationFailed
+
+    DEFECTS["referential integrity"][2](data)
+    with pytest.raises(ValidationFailed, match=r"suite ratings .*unknown_movie"):
+        full_flow(data_dir=str(data), skip_ingest=True, skip_synthetic=True, skip_embed=True)
+    assert "not built yet" not in capsys.readouterr().out  # the flow never reached the load stages
+
+
+def test_artifact_on_the_prefect_server(prefect_server, good_data):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.validate import validate_flow
+
+    validate_flow(str(good_data), "synthetic")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-synthetic"])))
+    assert artifacts and "| users | pass |" in artifacts[0].data and "| movies |" not in artifacts[0].data

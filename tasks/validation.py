@@ -53,7 +53,8 @@ def _ratings(data: Path) -> dict:
         null_keys=pl.any_horizontal(pl.col("user_id", "movie_id", "rating", "timestamp").is_null()).sum(),
         off_grid=(~pl.col("rating").is_in(HALF_STARS)).sum(),
         unknown_movie=(~pl.col("movie_id").is_in(known)).sum(),
-        duplicate_pairs=pl.len() - pl.struct("user_id", "movie_id").n_unique(),
+        # One int64 key per pair: far cheaper to count distinct than a struct column.
+        duplicate_pairs=pl.len() - (pl.col("user_id").cast(pl.Int64) * 2**32 + pl.col("movie_id")).n_unique(),
         min_timestamp=pl.col("timestamp").min(), max_timestamp=pl.col("timestamp").max(),
     ).collect(engine="streaming").row(0, named=True)
     expected = _stats_rows(data, "ratings")

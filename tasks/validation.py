@@ -6,6 +6,7 @@ the file under the data dir, `meta.batch` says how GX sees it:
 - "aggregates": one row of figures that Polars computes over the whole file (AGGREGATES below), for
   data too large to hand to pandas (25M ratings) or checks that span files (referential integrity,
   distributions, row counts against stats.json); GX checks those figures.
+Results go to DIR/reports/validation_report.json and GX Data Docs (DIR/reports/data_docs/index.html).
 Every expectation has `meta.severity`: a failed "critical" one stops the flow before any load, with
 the suite, the expectation and sample offending values; a failed "warning" is reported and the run
 goes on. A suite whose dataset is absent is skipped unless it is required (`meta.optional` false).
@@ -190,6 +191,10 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
     data = Path(data_dir)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
+    docs = data / "reports" / "data_docs"
+    context.add_data_docs_site(site_name="reports", site_config={
+        "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs.resolve())}})
     source = context.data_sources.add_pandas("media_gateway")
     report: dict = {"data_dir": str(data), "suites": [], "critical_failures": 0, "warnings": 0}
     for spec in suites or load_suites():
@@ -206,9 +211,14 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
             report["suites"].append(entry)
             continue
         suite = context.suites.add(gx.ExpectationSuite(name=spec["name"], expectations=spec["expectations"]))
-        batch = source.add_dataframe_asset(spec["name"]).add_batch_definition_whole_dataframe("all").get_batch(
-            batch_parameters={"dataframe": frame})
-        result = batch.validate(suite, result_format="SUMMARY")
+        batches = source.add_dataframe_asset(spec["name"]).add_batch_definition_whole_dataframe("all")
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=spec["name"], data=batches,
+                                                                                suite=suite))
+        # A checkpoint, so that the result also lands in the Data Docs under reports/data_docs/.
+        checkpoint = context.checkpoints.add(gx.Checkpoint(
+            name=spec["name"], validation_definitions=[definition], result_format="SUMMARY",
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="data-docs", site_names=["reports"])]))
+        result = next(iter(checkpoint.run(batch_parameters={"dataframe": frame}).run_results.values()))
         for r in result.results:
             severity = r.expectation_config.meta.get("severity", "critical")
             details = r.result or {}

@@ -63,6 +63,7 @@ def test_every_suite_passes_on_good_data(good_data):
         s["name"]: ("skipped (no dataset)" if s["name"] in {"genome", "genome_integrity"} else "pass")
         for s in load_suites()}
     assert report["critical_failures"] == 0 and first_failure(report) is None
+    assert "movies" in (good_data / "reports" / "data_docs" / "index.html").read_text()
     on_disk = json.loads((good_data / "reports" / "validation_report.json").read_text())
     assert on_disk["suites"][0]["expectations"] and all("severity" in e for s in on_disk["suites"]
                                                          for e in s["expectations"])

@@ -38,7 +38,7 @@ WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 ZSTD = {"compression": "zstd", "statistics": True}
 
 OnBadRows = Literal["reject", "fail"]
-INGEST_VERSION = "ingest-1"  # bump when the Parquet layout changes: it invalidates cached results
+INGEST_VERSION = "ingest-2"  # bump when the Parquet layout changes: it invalidates cached results
 
 
 class IngestError(ValueError):
@@ -275,24 +275,25 @@ def _utc(ts: str) -> pl.Expr:
     return (pl.col(ts) * 1_000_000).cast(pl.Datetime("us", "UTC"))
 
 
-def _bucket(value: pl.Expr, upper_bounds: list[int], labels: list[str]) -> pl.Expr:
-    """labels[i] for the first upper bound the value is below, else the last label; as an Enum."""
+def _bucket(value: pl.Expr, upper_bounds: list[int], labels: list[str], categories: list[str]) -> pl.Expr:
+    """labels[i] for the first upper bound the value is below, else the last label; as an Enum of categories."""
     out = pl.lit(labels[-1])
     for bound, label in reversed(list(zip(upper_bounds, labels))):
         out = pl.when(value < bound).then(pl.lit(label)).otherwise(out)
-    return out.cast(pl.Enum(labels))
+    return out.cast(pl.Enum(categories))
 
 
 def ratings_frame(lf: pl.LazyFrame) -> pl.LazyFrame:
     # Integer arithmetic on epoch seconds is UTC by construction, and cheaper than datetime parts.
     hour = (pl.col("timestamp") // 3600) % 24
     weekday = (pl.col("timestamp") // 86_400 + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    time_of_day = _bucket(hour, [6, 12, 17, 21], ["late_night", "morning", "afternoon", "evening", "night"])
+    time_of_day = _bucket(hour, [6, 12, 17, 21], ["late_night", "morning", "afternoon", "evening", "night"],
+                          TIME_OF_DAY)
     return lf.select(
         user_id="userId", movie_id="movieId", rating="rating", timestamp="timestamp",
         rated_at=_utc("timestamp"),
         time_of_day=time_of_day,
-        day_of_week=_bucket(weekday, [1, 2, 3, 4, 5, 6], WEEKDAYS),
+        day_of_week=_bucket(weekday, [1, 2, 3, 4, 5, 6], WEEKDAYS, WEEKDAYS),
     )
 
 

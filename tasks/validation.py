@@ -177,10 +177,25 @@ def _batch(suite: dict, data: Path):
     if not target.exists():
         return None
     if suite["meta"]["batch"] == "aggregates":
-        return pd.DataFrame([AGGREGATES[suite["name"]](data)])
-    if any(e["type"].startswith("expect_table_columns") for e in suite["expectations"]):
-        return pl.read_parquet(target).to_pandas()
-    return pl.read_parquet(target, columns=_columns(suite)).to_pandas()
+        frame = pd.DataFrame([AGGREGATES[suite["name"]](data)])
+    else:
+        present = pl.scan_parquet(target).collect_schema()
+        # A missing column is the schema check's to report; its other expectations then fail too.
+        frame = pl.read_parquet(target, columns=[c for c in _columns(suite) if c in present]).to_pandas()
+    if "schema" in suite["meta"]:
+        frame["schema_problems"] = schema_problems(target, suite["meta"]["schema"], suite["meta"].get("schema_exact"))
+    return frame
+
+
+def schema_problems(path: Path, expected: dict[str, str], exact: bool = False) -> str:
+    """"" when the Parquet file's columns have the expected Polars types (and, when exact, no
+    others), else what differs."""
+    actual = pl.scan_parquet(path).collect_schema()
+    problems = [f"{column}: {'missing' if column not in actual else actual[column]}, expected {dtype}"
+                for column, dtype in expected.items() if column not in actual or str(actual[column]) != dtype]
+    if exact:
+        problems += [f"{column}: not expected" for column in actual if column not in expected]
+    return "; ".join(problems)
 
 
 def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool = False) -> dict:
@@ -226,7 +241,7 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
                 "expectation": r.expectation_config.type, "kwargs": dict(r.expectation_config.kwargs),
                 "severity": severity, "success": bool(r.success),
                 "unexpected_count": details.get("unexpected_count"), "observed_value": _plain(details.get("observed_value")),
-                "sample": _plain(details.get("partial_unexpected_list", [])[:5]),
+                "sample": _distinct(_plain(details.get("partial_unexpected_list", [])))[:5],
                 "error": str(r.exception_info.get("exception_message")) if r.exception_info.get("raised_exception") else None,
             })
         failed = [e for e in entry["expectations"] if not e["success"]]
@@ -243,6 +258,13 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
     tmp.write_text(json.dumps(report, indent=2, default=str))
     tmp.rename(out)
     return report
+
+
+def _distinct(values: list) -> list:
+    seen: dict[str, object] = {}
+    for value in values:
+        seen.setdefault(repr(value), value)
+    return list(seen.values())
 
 
 def _plain(value):

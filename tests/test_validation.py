@@ -74,7 +74,10 @@ def rewrite(path: Path, change) -> None:
 
 
 DEFECTS = {
-    "schema": ("movies", "expect_table_columns_to_match_set",
+    "types": ("ratings", "expect_column_values_to_be_in_set(schema_problems) failed on 1 rows; "
+                         "sample: ['rating: Float64, expected Float32']",
+              lambda d: rewrite(d / "processed/ratings.parquet", lambda f: f.with_columns(pl.col("rating").cast(pl.Float64)))),
+    "schema": ("movies", "sample: ['imdb_id: missing, expected String']",
                lambda d: rewrite(d / "processed/movies.parquet", lambda f: f.drop("imdb_id"))),
     "null": ("movies", "expect_column_values_to_not_be_null(title) failed on 1 rows",
              lambda d: rewrite(d / "processed/movies.parquet",

@@ -72,7 +72,7 @@ def full_flow(
         started = time.perf_counter()
         report = json.loads(Path(validate_task(str(data), stage, missing_ok)).read_text())
         counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
-        record(f"validate:{stage}", "passed", f"{counts['pass']} suites pass, {counts['warn']} with warnings "
+        record(f"validate:{stage}", "passed", f"suites: {counts['pass']} pass, {counts['warn']} with warnings "
                                               f"-> {data / 'reports'}", started)
 
     if skip_ingest:

@@ -104,8 +104,13 @@ def load_model(name: str, device: str = "auto", model_dir: Path | None = None):
     return model
 
 
+def embedding_dim(model) -> int:
+    # sentence-transformers 6 renamed the method; keep working on both sides of the rename.
+    return (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+
+
 def spec_for(name: str, model) -> ModelSpec:
-    return MODELS.get(name) or ModelSpec(name, model.get_sentence_embedding_dimension(), "model's own")
+    return MODELS.get(name) or ModelSpec(name, embedding_dim(model), "model's own")
 
 
 # --- texts -------------------------------------------------------------------------------------
@@ -197,7 +202,7 @@ def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_
     spec = spec_for(model_name, model)
     ids, texts = frame["id"].to_list(), frame["text"].to_list()
     hashes = text_hashes(texts)
-    dim = model.get_sentence_embedding_dimension()
+    dim = embedding_dim(model)
     counts = {"rows": len(ids), "encoded": 0, "carried_over": 0, "resumed": 0}
     limit = model.max_seq_length
     tokenizer = model.tokenizer

@@ -29,6 +29,7 @@ import polars as pl
 from prefect import get_run_logger, task
 
 from tasks.caching import key_from_inputs
+from tasks.files import atomic_output
 
 CHUNK_ROWS = 4096  # rows encoded and flushed per step; the unit of resume
 
@@ -297,13 +298,11 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     norms = np.linalg.norm(summed, axis=1, keepdims=True)
     summed /= np.where(norms > 0, norms, 1.0)
     all_users = pl.scan_parquet(ratings).select(pl.col("user_id").n_unique()).collect().item()
-    tmp = out.with_name(out.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ids", data=np.array([str(u) for u in users], dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("embeddings", data=summed, chunks=(min(CHUNK_ROWS, max(len(users), 1)), summed.shape[1]))
         f.attrs.update(model=_attr(media_h5, "model"), dim=summed.shape[1], normalized=True,
                        weighting="(rating/5)^2", created_at=datetime.now(timezone.utc).isoformat())
-    tmp.rename(out)
     return {"users": int(len(users)), "users_without_vector": int(all_users - len(users)),
             "ratings_used": int(matrix.nnz)}
 
@@ -393,6 +392,5 @@ def _write_stats(folder: Path, key: str, counts: dict) -> None:
     path = folder / "stats.json"
     stats = json.loads(path.read_text()) if path.exists() else {}
     stats[key] = counts
-    tmp = path.with_name(".stats.json.tmp")
-    tmp.write_text(json.dumps(stats, indent=2))
-    tmp.rename(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(stats, indent=2))

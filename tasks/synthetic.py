@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 
 from tasks import hashrand
 from tasks.caching import key_from_inputs
+from tasks.files import atomic_output
 from tasks.templates import export, load_template, write_dataset
 
 ZSTD = {"compression": "zstd", "statistics": True}
@@ -275,11 +276,8 @@ def build_platforms(out: Path) -> Path:
 
 
 def _write(frame: pl.DataFrame, out: Path) -> Path:
-    """Write atomically: a temporary file renamed into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    frame.write_parquet(tmp, **ZSTD)
-    tmp.rename(out)
+    with atomic_output(out) as tmp:
+        frame.write_parquet(tmp, **ZSTD)
     return out
 
 

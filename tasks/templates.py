@@ -34,6 +34,7 @@ import yaml
 from faker import Faker
 
 from tasks import hashrand
+from tasks.files import atomic_output
 
 TYPES = {"uuid", "categorical", "integer", "datetime", "text", "paragraph", "list", "name", "company", "format"}
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -268,20 +269,18 @@ def generate(template: Template, n: int, seed: int = 42, chunk_size: int = 100_0
 def write_dataset(template: Template, n: int, out: Path, seed: int = 42, chunk_size: int = 100_000,
                   exports: tuple[str, ...] = ()) -> Path:
     """Parquet (and JSONL/CSV on request) beside it, each written to a temporary name and renamed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    writer = None
-    try:
-        for chunk in generate(template, n, seed, chunk_size):
-            table = chunk.to_arrow()
-            writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
-            writer.write_table(table)
-        if writer is None:  # n == 0: an empty file with the template's columns
-            generate_chunk(template, 0, 0, seed).write_parquet(tmp)
-    finally:
-        if writer is not None:
-            writer.close()
-    tmp.rename(out)
+    with atomic_output(out) as tmp:
+        writer = None
+        try:
+            for chunk in generate(template, n, seed, chunk_size):
+                table = chunk.to_arrow()
+                writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
+                writer.write_table(table)
+            if writer is None:  # n == 0: an empty file with the template's columns
+                generate_chunk(template, 0, 0, seed).write_parquet(tmp)
+        finally:
+            if writer is not None:
+                writer.close()
     export(out, exports)
     return out
 
@@ -293,13 +292,12 @@ def export(parquet: Path, formats: tuple[str, ...]) -> list[Path]:
         if fmt not in {"jsonl", "csv"}:
             raise ValueError(f"export format {fmt!r}: choose jsonl or csv")
         target = parquet.with_suffix(f".{fmt}")
-        tmp = target.with_name(f".{target.name}.tmp")
         frame = pl.scan_parquet(parquet)
-        if fmt == "jsonl":
-            frame.sink_ndjson(tmp)
-        else:
-            lists = [name for name, dtype in frame.collect_schema().items() if isinstance(dtype, pl.List)]
-            frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join("|") for c in lists).sink_csv(tmp)
-        tmp.rename(target)
+        with atomic_output(target) as tmp:
+            if fmt == "jsonl":
+                frame.sink_ndjson(tmp)
+            else:
+                lists = [name for name, dtype in frame.collect_schema().items() if isinstance(dtype, pl.List)]
+                frame.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join("|") for c in lists).sink_csv(tmp)
         written.append(target)
     return written

@@ -24,6 +24,8 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.files import atomic_output
+
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
 HALF_STARS = [x / 2 for x in range(1, 11)]
 ARCHETYPE_WEIGHTS = {"cinephile": 0.12, "casual": 0.30, "family": 0.15, "young_adult": 0.20, "senior": 0.08,
@@ -252,11 +254,8 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
         entry["rows"] = len(frame)
         entry["seconds"] = round(time.perf_counter() - started, 2)
         report["suites"].append(entry)
-    out = data / "reports" / "validation_report.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".validation_report.json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.rename(out)
+    with atomic_output(data / "reports" / "validation_report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=str))
     return report
 
 

@@ -37,11 +37,11 @@ class ValidationFailed(RuntimeError):
     """A critical expectation failed; nothing may be loaded."""
 
 
-def _stats_rows(data: Path, key: str) -> int | None:
+def _against_stats(row: dict, data: Path, key: str) -> dict:
+    """Adds rows_vs_stats: the file's row count minus what the ingest's stats.json says it wrote."""
     stats = data / "processed" / "stats.json"
-    if not stats.exists():
-        return None
-    return json.loads(stats.read_text())["files"].get(key, {}).get("rows_written")
+    expected = json.loads(stats.read_text())["files"].get(key, {}).get("rows_written") if stats.exists() else None
+    return {**row, "rows_vs_stats": 0 if expected is None else row["rows"] - expected}
 
 
 def _movie_ids(data: Path) -> pl.Series:
@@ -60,9 +60,7 @@ def _ratings(data: Path) -> dict:
         duplicate_pairs=pl.len() - (pl.col("user_id").cast(pl.Int64) * 2**32 + pl.col("movie_id")).n_unique(),
         min_timestamp=pl.col("timestamp").min(), max_timestamp=pl.col("timestamp").max(),
     ).collect(engine="streaming").row(0, named=True)
-    expected = _stats_rows(data, "ratings")
-    row["rows_vs_stats"] = 0 if expected is None else row["rows"] - expected
-    return row
+    return _against_stats(row, data, "ratings")
 
 
 def _tags(data: Path) -> dict:
@@ -73,9 +71,7 @@ def _tags(data: Path) -> dict:
         empty_tags=(pl.col("tag").is_null() | (pl.col("tag").str.strip_chars() == "")).sum(),
         unknown_movie=(~pl.col("movie_id").is_in(_movie_ids(data).implode())).sum(),
     ).collect(engine="streaming").row(0, named=True)
-    expected = _stats_rows(data, "tags")
-    row["rows_vs_stats"] = 0 if expected is None else row["rows"] - expected
-    return row
+    return _against_stats(row, data, "tags")
 
 
 def _genome_integrity(data: Path) -> dict:

@@ -198,7 +198,8 @@ def _carried_over(path: Path, model_name: str, hashes: np.ndarray, ids: list[str
 def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_size: int = 256,
                  progress: Callable[[int, int], None] | None = None,
                  stop_after_chunks: int | None = None) -> dict:
-    """Encode frame (id, text) into `path`. Returns counts: encoded, carried_over, resumed, truncated."""
+    """Encode frame (id, text) into `path`. Returns counts: encoded, carried_over, resumed, and
+    truncated (texts longer than the model's window, counted over the first 20,000 texts)."""
     check_texts(frame, str(path))
     spec = spec_for(model_name, model)
     ids, texts = frame["id"].to_list(), frame["text"].to_list()

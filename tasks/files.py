@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+ZSTD = {"compression": "zstd", "statistics": True}  # how every Parquet output is written
+
 
 @contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:

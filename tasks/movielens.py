@@ -27,6 +27,7 @@ import polars as pl
 from prefect import get_run_logger, task
 
 from tasks.caching import key_from_inputs, retry_transient
+from tasks.files import ZSTD
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
 RELEASES = ("ml-latest-small", "ml-25m", "ml-32m", "ml-latest")
@@ -35,7 +36,6 @@ FIRST_PLAUSIBLE_TS = int(datetime(1995, 1, 1, tzinfo=timezone.utc).timestamp())
 HALF_STARS = [x / 2 for x in range(1, 11)]
 TIME_OF_DAY = ["morning", "afternoon", "evening", "night", "late_night"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-ZSTD = {"compression": "zstd", "statistics": True}
 
 OnBadRows = Literal["reject", "fail"]
 INGEST_VERSION = "ingest-2"  # bump when the Parquet layout changes: it invalidates cached results
@@ -177,9 +177,9 @@ def _bad_row(path: Path, width: int) -> str:
     return "a row is malformed"
 
 
-def _reason_chain(checks: list[tuple[pl.Expr, str]], otherwise: pl.Expr) -> pl.Expr:
-    """The text of the first check that holds, else `otherwise`."""
-    reason = otherwise
+def _reason_chain(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
+    """The text of the first check that holds, else null (a good row)."""
+    reason = pl.lit(None, pl.String)
     for condition, text in reversed(checks):
         reason = pl.when(condition.fill_null(False)).then(pl.lit(text)).otherwise(reason)
     return reason
@@ -198,7 +198,7 @@ def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, st
     if not detailed:
         frame = pl.scan_csv(path, schema=spec.columns, has_header=True, ignore_errors=True)
         checks = [(pl.col(c).is_null(), f"{c} is empty or not a valid {spec.columns[c]}") for c in spec.required]
-        return frame.with_columns(_reason_chain(checks + extra_checks, pl.lit(None, pl.String)).alias("reason"))
+        return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason"))
     raw = pl.scan_csv(path, schema={c: pl.String for c in spec.columns}, has_header=True)
     raw = raw.with_row_index("row", offset=1)
     checks = []
@@ -211,7 +211,7 @@ def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, st
                            f"{column} is not a valid {dtype}"))
     frame = raw.rename({c: f"raw_{c}" for c in spec.columns}).with_columns(
         pl.col(f"raw_{c}").cast(t, strict=False).alias(c) for c, t in spec.columns.items())
-    return frame.with_columns(_reason_chain(checks + extra_checks, pl.lit(None, pl.String)).alias("reason"))
+    return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason"))
 
 
 def _collect(plans: list[pl.LazyFrame], path: Path, spec: CsvSpec) -> list[pl.DataFrame]:

@@ -22,10 +22,9 @@ from prefect import get_run_logger, task
 
 from tasks import hashrand
 from tasks.caching import key_from_inputs
-from tasks.files import atomic_output
+from tasks.files import ZSTD, atomic_output
 from tasks.templates import export, load_template, write_dataset
 
-ZSTD = {"compression": "zstd", "statistics": True}
 AGE_BANDS = ["18-24", "25-34", "35-44", "45-54", "55-64", "65+"]
 DEVICES = ["tv", "laptop", "mobile"]
 TIMES = ["morning", "afternoon", "evening", "night", "late_night"]

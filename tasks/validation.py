@@ -25,12 +25,19 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.files import atomic_output
+from tasks.movielens import HALF_STARS
+from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE
+from tasks.templates import load_template
 
 EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
-HALF_STARS = [x / 2 for x in range(1, 11)]
-ARCHETYPE_WEIGHTS = {"cinephile": 0.12, "casual": 0.30, "family": 0.15, "young_adult": 0.20, "senior": 0.08,
-                     "international": 0.10, "genre_specialist": 0.05}
-TYPE_MIX = {"video": 0.4, "image": 0.3, "audio": 0.2, "document": 0.1}
+ARCHETYPE_WEIGHTS = {a.name: a.weight for a in ARCHETYPES}
+
+
+def _type_mix() -> dict[str, float]:
+    """The catalog template's own type weights: the distribution the catalog must show."""
+    kind = next(f for f in load_template(CATALOG_TEMPLATE).fields if f["name"] == "type")
+    weights = kind.get("weights") or [1] * len(kind["values"])
+    return {value: w / sum(weights) for value, w in zip(kind["values"], weights)}
 
 
 class ValidationFailed(RuntimeError):
@@ -114,11 +121,12 @@ def _availability(data: Path) -> dict:
 
 def _catalog(data: Path) -> dict:
     lf = pl.scan_parquet(data / "synthetic" / "media_catalog.parquet")
+    mix = _type_mix()
     row = lf.select(rows=pl.len(), duplicate_ids=pl.len() - pl.col("id").n_unique(),
                     empty_content_text=(pl.col("content_text").is_null() | (pl.col("content_text") == "")).sum(),
-                    unknown_types=(~pl.col("type").is_in(list(TYPE_MIX))).sum()).collect().row(0, named=True)
+                    unknown_types=(~pl.col("type").is_in(list(mix))).sum()).collect().row(0, named=True)
     shares = lf.select("type").collect()["type"].value_counts(normalize=True)
-    row["type_share_error_over_tolerance"] = _share_error(dict(zip(shares["type"], shares["proportion"])), TYPE_MIX,
+    row["type_share_error_over_tolerance"] = _share_error(dict(zip(shares["type"], shares["proportion"])), mix,
                                                          row["rows"])
     return row
 

@@ -1,13 +1,25 @@
 """Embedding benchmark: texts/s and peak RSS of our path against the seed's EmbeddingGenerator.
 
-    python benchmarks/embed.py [--texts 4000] [--users-scale 25m]
+    python benchmarks/embed.py [--texts 4000] [--users-scale 25m]      # here: CPU figures
+    python benchmarks/embed.py --bundle                                  # here: what a GPU machine needs
+    python3 benchmarks/embed.py --gpu-only                               # there: GPU figures
 
-Ours: sentence-transformers, texts sorted by length into batches of 256 (fp16 on CUDA).
-Baseline (seed 000): plain transformers AutoModel, fixed batches of 64 in input order, mean
-pooling, fp32. Both encode the same movie texts (a generated small release) with all-MiniLM-L6-v2,
-each in its own process. Also times the user vectors for the 25m-scale ratings the ingest benchmark
-leaves in benchmarks/.cache/out-ours (one sparse product). With a GPU: texts/s at fp16 for
-MiniLM-L6 (and bge-base when its files are available) and the share of the GPU's FP16 peak.
+Ours: tasks.models.load_model (fp16 on CUDA) and sentence-transformers' encode, which sorts texts
+by length into batches (256 on CPU, 1024 on a GPU). Baseline (seed 000): plain transformers
+AutoModel in fp32, fixed batches of 64 in input order, mean pooling. Both encode the same movie
+texts (a generated small release) with all-MiniLM-L6-v2, each in its own process. The CPU run also
+times the user vectors for the 25m-scale ratings the ingest benchmark leaves in
+benchmarks/.cache/out-ours (one sparse product).
+
+GPU: the device machine has torch and sentence-transformers but not this project's stack, and
+takes at most 64 MiB per call, so `--bundle` writes benchmarks/.cache/gpu/ here: the 62,423 movie
+texts of the 25m-scale release (after benchmarks/ingest.py; else the small release's), CPU fp32
+reference vectors, and all-MiniLM-L6-v2 saved in fp16 (46 MB in all; the wheel's fp32 weights
+alone are 91 MB). There, carry that folder and run `--gpu-only`: MiniLM-L6 and bge-base at fp16 against the
+seed approach on the same GPU, the fp16 vectors' agreement with the CPU reference, and the share of
+the GPU's FP16 peak the useful FLOPs represent. bge-base's weights are not on PyPI: unless they are
+in the Hugging Face cache, its figure comes from the same architecture (BERT-base, 768 x 12 layers,
+its tokenizer's vocabulary) with random weights, which costs exactly the same per token.
 Last line: one JSON object. Targets: CPU >= the seed's throughput and <= 2 GB; GPU >= 30,000
 texts/s for MiniLM-L6 fp16; user vectors for 25M ratings <= 20 s.
 """
@@ -15,8 +27,11 @@ texts/s for MiniLM-L6 fp16; user vectors for 25M ratings <= 20 s.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,59 +39,138 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import CACHE, measure, run_child  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
+BGE_BASE = "BAAI/bge-base-en-v1.5"
+BUNDLE = CACHE / "gpu"
+REFERENCE_ROWS = 512
+# bge-base-en-v1.5 is BERT-base with CLS pooling over the uncased WordPiece vocabulary MiniLM-L6 uses too.
+BGE_BASE_ARCH = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                 "vocab_size": 30522, "max_position_embeddings": 512}
 
 
-def texts(n: int) -> list[str]:
+def movie_texts_sample(prefer_25m: bool = False) -> list[str]:
+    """Distinct movie texts (needs the project's stack): a generated small release's, or with
+    prefer_25m the 25m-scale release's that benchmarks/ingest.py leaves (genome themes make them
+    longer: 83 characters on average against 47)."""
     from tasks.embeddings import movie_texts
     from tasks.movielens import ingest_release
     from tasks.movielens_sample import generate
 
+    if prefer_25m and (CACHE / "out-ours" / "movies.parquet").exists():
+        return movie_texts(CACHE / "out-ours")["text"].to_list()
     release = CACHE / "ml-small-seed42"
     if not (release / "README.txt").exists():
         generate("small", release, seed=42)
     processed = CACHE / "embed-processed"
     if not (processed / "movies.parquet").exists():
         ingest_release(release, processed)
-    all_texts = movie_texts(processed)["text"].to_list()
-    return (all_texts * (n // len(all_texts) + 1))[:n]
+    return movie_texts(processed)["text"].to_list()
 
 
-def ours(n: int, device: str, model_name: str = MODEL) -> dict:
-    from tasks.embeddings import load_model, model_path  # noqa: F401
+def texts(n: int, bundle: Path | None = None) -> list[str]:
+    if bundle:
+        distinct = json.loads(gzip.decompress((bundle / "texts.json.gz").read_bytes()))
+    else:
+        distinct = movie_texts_sample()
+    return (distinct * (n // len(distinct) + 1))[:n]
 
-    batch = texts(n)
-    model = load_model(model_name, device)
-    model.encode(batch[:64])  # warm-up
-    started = time.perf_counter()
-    model.encode(batch, batch_size=256 if device == "cpu" else 1024, normalize_embeddings=True,
-                 show_progress_bar=False)
-    seconds = time.perf_counter() - started
+
+def write_bundle(out: Path, distinct: list[str]) -> None:
+    """Texts, CPU reference vectors and an fp16 copy of MiniLM-L6: all a bare GPU machine needs."""
+    import numpy as np
+
+    from tasks.models import load_model
+
+    model = load_model(MODEL, "cpu")
+    reference = model.encode(distinct[:REFERENCE_ROWS], normalize_embeddings=True, convert_to_numpy=True)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "texts.json.gz").write_bytes(gzip.compress(json.dumps(distinct).encode()))
+    np.save(tmp / "reference.npy", reference.astype(np.float32))
+    model.half().save(str(tmp / MODEL))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def bundled_model(name: str, bundle: Path, device: str, workdir: Path):
+    """MiniLM-L6 from the bundle; bge-base from the HF cache, else its architecture with random weights."""
+    from tasks.models import EmbeddingError, load_model, model_path
+
+    if name == MODEL:
+        return load_model(str(bundle / MODEL), device), "real"
+    try:
+        return load_model(str(model_path(name)), device), "real"
+    except EmbeddingError:
+        pass
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    arch = workdir / "bert-base"
+    BertModel(BertConfig(**BGE_BASE_ARCH)).half().save_pretrained(arch)
+    for tokenizer_file in (bundle / MODEL).glob("*"):
+        if tokenizer_file.is_file() and ("token" in tokenizer_file.name or tokenizer_file.name == "vocab.txt"):
+            shutil.copy(tokenizer_file, arch / tokenizer_file.name)
+    transformer = models.Transformer(str(arch), max_seq_length=512)
+    SentenceTransformer(modules=[transformer, models.Pooling(768, "cls"), models.Normalize()]).save(str(workdir / "st"))
+    return load_model(str(workdir / "st"), device), "random (bge-base architecture: throughput only)"
+
+
+def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = None) -> dict:
+    import numpy as np
+    import torch
+
+    from tasks.models import load_model
+
+    batch = texts(n, bundle)
+    with tempfile.TemporaryDirectory() as workdir:
+        model, weights = bundled_model(model_name, bundle, device, Path(workdir)) if bundle else (
+            load_model(model_name, device), "real")
+        model.encode(batch[:64])  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        vectors = model.encode(batch, batch_size=256 if device == "cpu" else 1024, normalize_embeddings=True,
+                               convert_to_numpy=True, show_progress_bar=False)
+        seconds = time.perf_counter() - started
     tokens = sum(len(x) for x in model.tokenizer(batch, truncation=True, max_length=model.max_seq_length)["input_ids"])
-    params = sum(p.numel() for p in model.parameters())
-    return {"texts": n, "encode_s": round(seconds, 2), "texts_per_s": round(n / seconds, 1),
-            "tokens_per_text": round(tokens / n, 1), "params": params, "device": str(model.device)}
+    # Embedding lookups cost no multiply-adds: only the other weights count towards FLOPs.
+    params = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
+    figures = {"texts": n, "encode_s": round(seconds, 2), "texts_per_s": round(n / seconds, 1),
+               "tokens_per_text": round(tokens / n, 1), "non_embedding_params": params,
+               "device": str(model.device), "weights": weights}
+    if device == "cuda":
+        figures.update(gpu=torch.cuda.get_device_name(),
+                       gpu_peak_mem_mb=round(torch.cuda.max_memory_allocated() / 2**20))
+    if bundle and model_name == MODEL:
+        reference = np.load(bundle / "reference.npy")
+        rows = min(len(vectors), len(reference))
+        figures["min_cosine_vs_cpu_fp32"] = round(float((vectors[:rows] * reference[:rows]).sum(axis=1).min()), 5)
+    return figures
 
 
-def seed_generator(n: int) -> dict:
-    """seed 000's EmbeddingGenerator: AutoTokenizer/AutoModel, batches of 64, mean pooling."""
+def seed_generator(n: int, device: str = "cpu", bundle: Path | None = None) -> dict:
+    """seed 000's EmbeddingGenerator: AutoTokenizer/AutoModel in fp32, batches of 64, mean pooling."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tasks.embeddings import model_path
+    from tasks.models import model_path
 
-    batch = texts(n)
-    path = str(model_path(MODEL))
+    batch = texts(n, bundle)
+    path = str(bundle / MODEL if bundle else model_path(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(path).float().to(device).eval()
     started = time.perf_counter()
     out = []
     with torch.no_grad():
         for i in range(0, n, 64):
-            enc = tokenizer(batch[i:i + 64], padding=True, truncation=True, max_length=512, return_tensors="pt")
+            enc = tokenizer(batch[i:i + 64], padding=True, truncation=True, max_length=512,
+                            return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1)
-            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+            out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
     seconds = time.perf_counter() - started
     return {"texts": n, "encode_s": round(seconds, 2), "texts_per_s": round(n / seconds, 1)}
 
@@ -103,15 +197,38 @@ def users(scale: str) -> dict:
     return {"user_vectors_s": round(time.perf_counter() - started, 2), **counts}
 
 
+def gpu_figures(n: int, peak_tflops: float, bundle: Path = BUNDLE, device: str = "cuda") -> dict:
+    """GPU children: ours (MiniLM-L6, bge-base) and the seed approach, all from the bundle."""
+    if not (bundle / "texts.json.gz").exists():
+        raise SystemExit(f"{bundle} is missing: run `python benchmarks/embed.py --bundle` on the CPU machine first")
+    common = ("--gpu-texts", str(n), "--bundle", str(bundle), "--device", device)
+    figures: dict = {}
+    for name in (MODEL, BGE_BASE):
+        gpu = run_child(__file__, "ours-cuda", *common, "--model", name)
+        flops = 2 * gpu["non_embedding_params"] * gpu["tokens_per_text"] * gpu["texts_per_s"]
+        figures[f"gpu_{name}"] = {**gpu, "share_of_fp16_peak": round(flops / (peak_tflops * 1e12), 4)}
+    seed = run_child(__file__, "seed-cuda", *common)
+    ours_gpu = figures[f"gpu_{MODEL}"]
+    figures.update(gpu_wall_s=ours_gpu["encode_s"], gpu_peak_rss_mb=ours_gpu["peak_rss_mb"],
+                   gpu_texts_per_s=ours_gpu["texts_per_s"], gpu_baseline_texts_per_s=seed["texts_per_s"],
+                   gpu_baseline_wall_s=seed["encode_s"], gpu_speedup=round(seed["encode_s"] / ours_gpu["encode_s"], 2))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=4_000)
     parser.add_argument("--gpu-texts", type=int, default=200_000)
     parser.add_argument("--users-scale", default="25m", choices=["25m", "small"])
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense FP16 peak (H100/H200 SXM)")
+    parser.add_argument("--bundle", nargs="?", const=str(BUNDLE),
+                        help="alone: write what a GPU machine needs, and stop; with --gpu-only: read it from there")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU figures, from the bundle")
     parser.add_argument("--child")
     parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--device", default="cuda", help="of the GPU part (the tests run it on cpu)")
     args = parser.parse_args()
+    bundle = Path(args.bundle) if args.bundle else None
     if args.child == "ours-cpu":
         import sentence_transformers  # noqa: F401 - imported before the clock starts
 
@@ -120,17 +237,28 @@ def main() -> None:
     if args.child == "ours-cuda":
         import sentence_transformers  # noqa: F401
 
-        measure(lambda: ours(args.gpu_texts, "cuda", args.model))
+        measure(lambda: ours(args.gpu_texts, args.device, args.model, bundle))
         return
-    if args.child == "seed":
+    if args.child in ("seed", "seed-cuda"):
         import transformers  # noqa: F401
 
-        measure(lambda: seed_generator(args.texts))
+        gpu = args.child == "seed-cuda"
+        measure(lambda: seed_generator(args.gpu_texts if gpu else args.texts, args.device if gpu else "cpu", bundle))
         return
     if args.child == "users":
         import tasks.embeddings  # noqa: F401
 
         measure(lambda: users(args.users_scale))
+        return
+    if args.gpu_only:
+        figures = gpu_figures(args.gpu_texts, args.peak_tflops, bundle or BUNDLE, args.device)
+        print(json.dumps({"benchmark": "embed-gpu", "model": MODEL, "wall_s": figures["gpu_wall_s"],
+                          "peak_rss_mb": figures["gpu_peak_rss_mb"], "speedup": figures["gpu_speedup"], **figures}))
+        return
+    if bundle:
+        write_bundle(bundle, movie_texts_sample(prefer_25m=True))
+        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+        print(json.dumps({"bundle": str(bundle), "mb": round(size / 2**20, 1)}))
         return
 
     import torch
@@ -147,15 +275,9 @@ def main() -> None:
         user_vectors_s=user["user_vectors_s"], user_vectors_users=user["users"],
         user_vectors_ratings=user["ratings_used"], user_vectors_peak_rss_mb=user["peak_rss_mb"])
     if torch.cuda.is_available():
-        for name in (MODEL, "BAAI/bge-base-en-v1.5"):
-            try:
-                gpu = run_child(__file__, "ours-cuda", "--gpu-texts", str(args.gpu_texts), "--model", name)
-            except SystemExit as exc:  # e.g. bge-base's files are not on this machine
-                figures[f"gpu_{name}"] = f"not run: {str(exc).splitlines()[-1][:200]}"
-                continue
-            flops = 2 * gpu["params"] * gpu["tokens_per_text"] * gpu["texts_per_s"]
-            figures[f"gpu_{name}"] = {"texts_per_s": gpu["texts_per_s"], "tokens_per_text": gpu["tokens_per_text"],
-                                      "share_of_fp16_peak": round(flops / (args.peak_tflops * 1e12), 4)}
+        if not (BUNDLE / "texts.json.gz").exists():
+            write_bundle(BUNDLE, movie_texts_sample(prefer_25m=True))
+        figures.update(gpu_figures(args.gpu_texts, args.peak_tflops))
     print(json.dumps(figures))
 
 

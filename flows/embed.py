@@ -13,7 +13,8 @@ from prefect import flow
 
 from flows.common import load_settings, prefect_api
 from tasks.caching import result_storage
-from tasks.embeddings import MODELS, embed_catalog_task, embed_media_task, user_vectors_task
+from tasks.embeddings import embed_catalog_task, embed_media_task, user_vectors_task
+from tasks.models import MODELS
 
 
 @flow(name="embed", log_prints=True)

@@ -4,6 +4,10 @@ refresh, user-vector weighting, bad input."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -11,8 +15,8 @@ import polars as pl
 import pytest
 
 from tasks import embeddings
-from tasks.embeddings import (EmbeddingError, encode_to_h5, load_model, model_path, movie_texts, quality, read_h5,
-                              user_vectors)
+from tasks.embeddings import encode_to_h5, movie_texts, quality, read_h5, user_vectors
+from tasks.models import EmbeddingError, load_model, model_path
 
 TEXTS = [f"A {adj} film about {topic} and {thing}." for adj, topic, thing in zip(
     ["quiet", "loud", "slow", "tender", "grim", "funny", "bright", "dark", "strange", "gentle"] * 3,
@@ -148,3 +152,31 @@ def test_embed_flow(prefect_server, tmp_path):
     assert sorted(users) == ["1", "2"] and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     stats = json.loads((data / "embeddings" / "stats.json").read_text())
     assert stats["media"]["encoded"] == 8 and stats["users"]["users"] == 2 and stats["media"]["quality"]["nan"] == 0
+
+
+# The GPU machine has torch and sentence-transformers but none of the pipeline's stack: the GPU
+# benchmark must run from its bundle alone, and the bundle must fit what one device call carries.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_runs_from_its_bundle_alone(tmp_path):
+    from benchmarks.embed import BGE_BASE, write_bundle
+
+    bundle = tmp_path / "gpu"
+    write_bundle(bundle, TEXTS)
+    size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+    assert size < 60 * 2**20, f"the GPU bundle is {size / 2**20:.1f} MiB: over what one device call carries"
+    missing = tmp_path / "missing"  # shadows the stack the GPU machine lacks, in every child process too
+    for name in ("polars", "prefect", "h5py", "pydantic_settings"):
+        (missing / name).mkdir(parents=True)
+        (missing / name / "__init__.py").write_text(f"raise ImportError('{name} is not on the GPU machine')")
+    command = ["benchmarks/embed.py", "--gpu-only", "--device", "cpu", "--gpu-texts", "40", "--bundle", str(bundle)]
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=False,
+                            env={**os.environ, "PYTHONPATH": str(missing), "HF_HOME": str(tmp_path / "empty-hf-home")})
+    assert result.returncode == 0, result.stdout[-1000:] + result.stderr[-2000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    minilm, bge = figures["gpu_all-MiniLM-L6-v2"], figures[f"gpu_{BGE_BASE}"]
+    assert minilm["texts"] == bge["texts"] == 40 and minilm["weights"] == "real" and bge["weights"].startswith("random")
+    assert minilm["min_cosine_vs_cpu_fp32"] > 0.999  # the fp16 weights agree with the fp32 reference
+    assert minilm["non_embedding_params"] < 12_000_000 < 80_000_000 < bge["non_embedding_params"]  # L6-384, BERT-base
+    assert figures["gpu_baseline_texts_per_s"] > 0 and figures["speedup"] == figures["gpu_speedup"] > 0

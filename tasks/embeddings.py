@@ -30,7 +30,7 @@ from prefect import get_run_logger, task
 
 from tasks.caching import key_from_inputs
 from tasks.files import atomic_output
-from tasks.models import EmbeddingError, embedding_dim, load_model, spec_for
+from tasks.models import EmbeddingError, embedding_dim, encode, load_model, spec_for
 
 CHUNK_ROWS = 4096  # rows encoded and flushed per step; the unit of resume
 
@@ -147,8 +147,7 @@ def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_
         for start in range(0, len(todo), CHUNK_ROWS):
             rows = todo[start:start + CHUNK_ROWS]
             batch = [spec.passage_prefix + texts[i] for i in rows]
-            vectors = model.encode(batch, batch_size=batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+            vectors = encode(model, batch, batch_size)
             _scatter_rows(f["embeddings"], rows, vectors)
             done[rows] = True
             f["done"][rows[0]:rows[-1] + 1] = done[rows[0]:rows[-1] + 1]
@@ -255,7 +254,7 @@ def quality(path: Path, model=None, texts: list[str] | None = None, sample: int 
         chosen = [texts[i] for i in pick[:64]]
         near = [" ".join(t.split()[: max(1, int(len(t.split()) * 0.8))]) for t in chosen]
         a = vectors[pick[:64]]
-        b = model.encode(near, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        b = encode(model, near)
         other = vectors[rng.permutation(pick)[:len(a)]]
         metrics["near_duplicate_similarity"] = float((a * b).sum(axis=1).mean())
         metrics["random_pair_similarity"] = float((a * other).sum(axis=1).mean())
@@ -278,9 +277,11 @@ def _embed(frame: pl.DataFrame, out: Path, model_name: str, device: str, batch_s
     counts = encode_to_h5(frame, out, model, model_name, batch_size, progress)
     seconds = time.perf_counter() - started
     counts.update(seconds=round(seconds, 2), texts_per_s=round(counts["encoded"] / seconds, 1) if seconds else None,
-                  device=str(model.device), quality=quality(out, model, frame["text"].to_list()))
-    logger.info("%s: %s encoded, %s carried over, %s resumed, %s truncated to the model's length",
-                out.name, counts["encoded"], counts["carried_over"], counts["resumed"], counts["truncated"])
+                  device=str(model.device), precision=str(next(model.parameters()).dtype).removeprefix("torch."),
+                  quality=quality(out, model, frame["text"].to_list()))
+    logger.info("%s: %s encoded (%s, %s), %s carried over, %s resumed, %s truncated to the model's length",
+                out.name, counts["encoded"], counts["device"], counts["precision"], counts["carried_over"],
+                counts["resumed"], counts["truncated"])
     return counts
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from tasks import embeddings
 from tasks.embeddings import encode_to_h5, movie_texts, quality, read_h5, user_vectors
-from tasks.models import EmbeddingError, load_model, model_path
+from tasks.models import EmbeddingError, encode, load_model, model_path, native_bf16_cpu
 
 TEXTS = [f"A {adj} film about {topic} and {thing}." for adj, topic, thing in zip(
     ["quiet", "loud", "slow", "tender", "grim", "funny", "bright", "dark", "strange", "gentle"] * 3,
@@ -46,6 +46,19 @@ def test_unit_vectors_deterministic_with_metadata(model, tmp_path):
         assert f.attrs["model"] == "all-MiniLM-L6-v2" and f.attrs["dim"] == 384 and f.attrs["normalized"]
         assert f.attrs["created_at"] and f["embeddings"].chunks is not None and "done" not in f
     assert not (tmp_path / "a.h5.partial").exists()
+
+
+def test_half_precision_on_the_cpu_stays_close_to_fp32(model):
+    import torch
+
+    full = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")
+    assert next(full.parameters()).dtype == torch.float32
+    assert next(model.parameters()).dtype == (torch.bfloat16 if native_bf16_cpu() else torch.float32)
+    half, exact = encode(model, TEXTS), encode(full, TEXTS)
+    assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+    assert (half * exact).sum(axis=1).min() > 0.999
+    with pytest.raises(EmbeddingError, match="precision 'fp8'"):
+        load_model("all-MiniLM-L6-v2", "cpu", precision="fp8")
 
 
 def test_resume_after_interruption_matches_a_full_run(model, tmp_path, monkeypatch):

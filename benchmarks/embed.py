@@ -16,8 +16,8 @@ GPU: the device machine has torch and sentence-transformers but not this project
 takes at most 64 MiB per call, so `--bundle` writes benchmarks/.cache/gpu/ here: the 62,423 movie
 texts of the 25m-scale release (after benchmarks/ingest.py; else the small release's), CPU fp32
 reference vectors, and all-MiniLM-L6-v2 saved in fp16 (46 MB in all; the wheel's fp32 weights
-alone are 91 MB). There, carry that folder and run `--gpu-only`: MiniLM-L6 and bge-base at fp16 against the
-seed approach on the same GPU, the fp16 vectors' agreement with the CPU reference, and the share of
+alone are 91 MB). There, carry that folder and run `--gpu-only`: MiniLM-L6 and bge-base at fp16
+against the seed approach on the same GPU, the fp16 vectors' agreement with the CPU reference, and the share of
 the GPU's FP16 peak the useful FLOPs represent. bge-base's weights are not on PyPI: unless they are
 in the Hugging Face cache, its figure comes from the same architecture (BERT-base, 768 x 12 layers,
 its tokenizer's vocabulary) with random weights, which costs exactly the same per token.
@@ -75,8 +75,9 @@ def texts(n: int, bundle: Path | None = None) -> list[str]:
     return (distinct * (n // len(distinct) + 1))[:n]
 
 
-def write_bundle(out: Path, distinct: list[str]) -> None:
-    """Texts, CPU reference vectors and an fp16 copy of MiniLM-L6: all a bare GPU machine needs."""
+def write_bundle(out: Path, distinct: list[str]) -> float:
+    """Texts, CPU reference vectors and an fp16 copy of MiniLM-L6: all a bare GPU machine needs.
+    Returns its size in MiB (one device call carries at most 64)."""
     import numpy as np
 
     from tasks.models import encode, load_model
@@ -87,20 +88,21 @@ def write_bundle(out: Path, distinct: list[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "texts.json.gz").write_bytes(gzip.compress(json.dumps(distinct).encode()))
-    np.save(tmp / "reference.npy", reference.astype(np.float32))
+    np.save(tmp / "reference.npy", reference)
     model.half().save(str(tmp / MODEL))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    return sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
 
 
 def bundled_model(name: str, bundle: Path, device: str, workdir: Path):
     """MiniLM-L6 from the bundle; bge-base from the HF cache, else its architecture with random weights."""
-    from tasks.models import EmbeddingError, load_model, model_path
+    from tasks.models import EmbeddingError, load_model
 
     if name == MODEL:
         return load_model(str(bundle / MODEL), device), "real"
     try:
-        return load_model(str(model_path(name)), device), "real"
+        return load_model(name, device), "real"
     except EmbeddingError:
         pass
     import torch
@@ -261,9 +263,8 @@ def main() -> None:
                           "peak_rss_mb": figures["gpu_peak_rss_mb"], "speedup": figures["gpu_speedup"], **figures}))
         return
     if bundle:
-        write_bundle(bundle, movie_texts_sample(prefer_25m=True))
-        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-        print(json.dumps({"bundle": str(bundle), "mb": round(size / 2**20, 1)}))
+        mib = write_bundle(bundle, movie_texts_sample(prefer_25m=True))
+        print(json.dumps({"bundle": str(bundle), "mib": round(mib, 1)}))
         return
 
     import numpy as np

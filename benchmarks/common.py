@@ -1,4 +1,10 @@
-"""What every benchmark shares: each measured path runs in its own process, so each peak RSS is its own."""
+"""What every benchmark shares: each measured path runs in its own process and reports its own figures.
+
+Peak RSS is the child's own VmHWM, read by the child at its end: Linux carries `ru_maxrss` across
+fork and exec, so a child of a parent that grew first (say, after generating a release in-process)
+would report the parent's peak. CPU seconds (user + sys) stand beside wall seconds: on a shared
+2-core machine wall-time ratios swing with load, CPU-second ratios much less.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM), which exec resets, unlike ru_maxrss."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
+def cpu_seconds() -> float:
+    """User + system seconds of this process and of the children it waited for."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def measure(fn: Callable[[], dict | None]) -> None:
-    """Child side: run fn, print one JSON line with its wall seconds, peak RSS and what it returned."""
-    started = time.perf_counter()
+    """Child side: run fn, print one JSON line with its wall and CPU seconds, its own peak RSS and
+    what it returned."""
+    started, cpu_started = time.perf_counter(), cpu_seconds()
     extra = fn() or {}
-    seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(seconds, 2), "peak_rss_mb": round(rss_mb), **extra}))
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    print(json.dumps({"seconds": round(seconds, 2), "cpu_s": round(cpu, 2), "peak_rss_mb": round(own_peak_rss_mb()),
+                      **extra}))
 
 
 def run_child(script: str, path: str, *args: str) -> dict:
@@ -30,5 +51,24 @@ def run_child(script: str, path: str, *args: str) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"{path} failed:\n{result.stderr[-3000:]}")
     figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"{path:22} {figures['seconds']:8.1f} s  peak RSS {figures['peak_rss_mb']:6d} MB", flush=True)
+    print(f"{path:22} {figures['seconds']:8.1f} s  {figures['cpu_s']:8.1f} CPU s  "
+          f"peak RSS {figures['peak_rss_mb']:6d} MB", flush=True)
     return figures
+
+
+def compare(ours: dict, baseline: dict) -> dict:
+    """The figures every benchmark's last line carries for our path against its baseline."""
+    return {"wall_s": ours["seconds"], "cpu_s": ours["cpu_s"], "peak_rss_mb": ours["peak_rss_mb"],
+            "baseline_wall_s": baseline["seconds"], "baseline_cpu_s": baseline["cpu_s"],
+            "baseline_peak_rss_mb": baseline["peak_rss_mb"],
+            "speedup": round(baseline["seconds"] / ours["seconds"], 2),
+            "cpu_speedup": round(baseline["cpu_s"] / ours["cpu_s"], 2) if ours["cpu_s"] else None}
+
+
+def cpu_model() -> str:
+    """Which CPU a figure came from, and whether it multiplies bf16 natively (AMX / AVX512-BF16)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(wanted) or 'no AVX2'})"

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
 
 MODEL = "all-MiniLM-L6-v2"
 BGE_BASE = "BAAI/bge-base-en-v1.5"
@@ -154,6 +154,45 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
     return figures
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+AGREEMENT_ROWS = 2_000
+
+
+def precision_figures(n: int, precision: str) -> dict:
+    """texts/s of MiniLM-L6 on the CPU at one precision, and its agreement with fp32 vectors over
+    distinct movie texts: the minimum cosine, and recall@10 of the fp32 nearest neighbours. int8 is
+    torch's dynamic quantisation of every Linear layer (activations quantised per batch)."""
+    import numpy as np
+    import torch
+
+    from tasks.models import encode, load_model
+
+    distinct = movie_texts_sample()[:AGREEMENT_ROWS]
+    model = load_model(MODEL, "cpu", precision="fp32")
+    reference = encode(model, distinct)
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    elif precision == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    batch = texts(n)
+    encode(model, batch[:64])  # warm-up
+    started, cpu_started = time.perf_counter(), time.process_time()
+    encode(model, batch)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    vectors = encode(model, distinct)
+
+    def neighbours(v: np.ndarray) -> np.ndarray:
+        similarity = v @ v.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1)[:, :10]
+
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbours(reference), neighbours(vectors))])
+    return {"precision": precision, "texts": n, "encode_s": round(seconds, 2), "encode_cpu_s": round(cpu, 2),
+            "texts_per_s": round(n / seconds, 1),
+            "min_cosine_vs_fp32": round(float((vectors * reference).sum(axis=1).min()), 5),
+            "recall_at_10_vs_fp32": round(float(recall), 4)}
+
+
 def seed_generator(n: int, device: str = "cpu", bundle: Path | None = None) -> dict:
     """seed 000's EmbeddingGenerator: AutoTokenizer/AutoModel in fp32, batches of 64, mean pooling."""
     import numpy as np
@@ -246,6 +285,11 @@ def main() -> None:
 
         measure(lambda: ours(args.gpu_texts, args.device, args.model, bundle))
         return
+    if args.child and args.child.startswith("precision-"):
+        import sentence_transformers  # noqa: F401
+
+        measure(lambda: precision_figures(args.texts, args.child.removeprefix("precision-")))
+        return
     if args.child in ("seed", "seed-cuda"):
         import transformers  # noqa: F401
 
@@ -270,15 +314,23 @@ def main() -> None:
     import numpy as np
     import torch
 
-    figures: dict = {"benchmark": "embed", "model": MODEL, "texts": args.texts}
+    from tasks.models import native_bf16_cpu
+
+    figures: dict = {"benchmark": "embed", "model": MODEL, "texts": args.texts, "cpu": cpu_model(),
+                     "auto_precision": "bf16" if native_bf16_cpu() else "fp32"}
     ours_cpu = run_child(__file__, "ours-cpu", "--texts", str(args.texts))
     seed = run_child(__file__, "seed", "--texts", str(args.texts))
     user = run_child(__file__, "users", "--users-scale", args.users_scale)
+    precisions = {p: run_child(__file__, f"precision-{p}", "--texts", str(args.texts)) for p in PRECISIONS}
     figures.update(
-        wall_s=ours_cpu["encode_s"], peak_rss_mb=ours_cpu["peak_rss_mb"], texts_per_s=ours_cpu["texts_per_s"],
+        wall_s=ours_cpu["encode_s"], cpu_s=ours_cpu["cpu_s"], peak_rss_mb=ours_cpu["peak_rss_mb"],
+        texts_per_s=ours_cpu["texts_per_s"],
         baseline="seed 000 EmbeddingGenerator (transformers, batches of 64, mean pooling)",
-        baseline_wall_s=seed["encode_s"], baseline_peak_rss_mb=seed["peak_rss_mb"],
+        baseline_wall_s=seed["encode_s"], baseline_cpu_s=seed["cpu_s"], baseline_peak_rss_mb=seed["peak_rss_mb"],
         baseline_texts_per_s=seed["texts_per_s"], speedup=round(seed["encode_s"] / ours_cpu["encode_s"], 2),
+        precisions={p: {k: f[k] for k in ("texts_per_s", "encode_cpu_s", "min_cosine_vs_fp32", "recall_at_10_vs_fp32")}
+                    | {"speedup_vs_seed": round(f["texts_per_s"] / seed["texts_per_s"], 2)}
+                    for p, f in precisions.items()},
         min_cosine_vs_baseline=round(float((np.load(CACHE / "embed-ours.npy") * np.load(CACHE / "embed-seed.npy"))
                                            .sum(axis=1).min()), 5),
         user_vectors_s=user["user_vectors_s"], user_vectors_users=user["users"],

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, compare, cpu_model, measure, run_child  # noqa: E402
 
 
 def ours(release: Path, out: Path) -> None:
@@ -127,13 +127,11 @@ def main() -> None:
     whole_fig = run("pandas-whole", release, CACHE / "out-baseline")
     shutil.rmtree(CACHE / "out-baseline", ignore_errors=True)
     print(json.dumps({
-        "benchmark": "ingest", "scale": args.scale,
-        "wall_s": ours_fig["seconds"], "peak_rss_mb": ours_fig["peak_rss_mb"],
-        "baseline": "pandas, 1M-row chunks (the seed's way)",
-        "baseline_wall_s": base_fig["seconds"], "baseline_peak_rss_mb": base_fig["peak_rss_mb"],
-        "speedup": round(base_fig["seconds"] / ours_fig["seconds"], 2),
+        "benchmark": "ingest", "scale": args.scale, "cpu": cpu_model(),
+        "baseline": "pandas, 1M-row chunks (the seed's way)", **compare(ours_fig, base_fig),
         "memory_ratio": round(base_fig["peak_rss_mb"] / ours_fig["peak_rss_mb"], 2),
-        "whole_file_pandas_wall_s": whole_fig["seconds"], "whole_file_pandas_peak_rss_mb": whole_fig["peak_rss_mb"],
+        "whole_file_pandas_wall_s": whole_fig["seconds"], "whole_file_pandas_cpu_s": whole_fig["cpu_s"],
+        "whole_file_pandas_peak_rss_mb": whole_fig["peak_rss_mb"],
         "speedup_vs_whole_file": round(whole_fig["seconds"] / ours_fig["seconds"], 2),
         "memory_ratio_vs_whole_file": round(whole_fig["peak_rss_mb"] / ours_fig["peak_rss_mb"], 2),
         "generate_s": generate_s,

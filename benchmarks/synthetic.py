@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
 
 
 def ratings_input(users: int, movies: int) -> tuple[Path, Path]:
@@ -194,8 +194,13 @@ def main() -> None:
     scaled_users_av = (base_users["seconds"] * args.users / args.sample
                        + base_avail["seconds"] * args.movies / sample_movies)
     scaled_catalog = base_catalog["seconds"] * args.catalog / args.sample
+    scaled_cpu = (base_users["cpu_s"] * args.users / args.sample + base_avail["cpu_s"] * args.movies / sample_movies
+                  + base_catalog["cpu_s"] * args.catalog / args.sample)
+    cpu = users_av["cpu_s"] + catalog["cpu_s"]
     print(json.dumps({
-        "benchmark": "synthetic", "users": args.users, "movies": args.movies, "catalog": args.catalog,
+        "benchmark": "synthetic", "cpu": cpu_model(), "users": args.users, "movies": args.movies,
+        "catalog": args.catalog, "cpu_s": round(cpu, 2), "baseline_cpu_s": round(scaled_cpu, 1),
+        "cpu_speedup": round(scaled_cpu / cpu, 1),
         "users_availability_wall_s": users_av["seconds"], "catalog_wall_s": catalog["seconds"],
         "wall_s": round(users_av["seconds"] + catalog["seconds"], 2),
         "peak_rss_mb": max(users_av["peak_rss_mb"], catalog["peak_rss_mb"]),

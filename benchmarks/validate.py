@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
 
 
 def data_dir() -> Path:
@@ -83,7 +83,10 @@ def main() -> None:
 
     total = pl.scan_parquet(data_dir() / "processed" / "ratings.parquet").select(pl.len()).collect().item()
     scaled = base_fig["seconds"] * total / base_fig["rows"]
-    print(json.dumps({"benchmark": "validate", "ratings": total, "wall_s": ours_fig["seconds"],
+    scaled_cpu = base_fig["cpu_s"] * total / base_fig["rows"]
+    print(json.dumps({"benchmark": "validate", "cpu": cpu_model(), "ratings": total, "wall_s": ours_fig["seconds"],
+                      "cpu_s": ours_fig["cpu_s"], "baseline_cpu_s": round(scaled_cpu, 1),
+                      "cpu_speedup": round(scaled_cpu / ours_fig["cpu_s"], 1),
                       "peak_rss_mb": ours_fig["peak_rss_mb"], "suites": ours_fig["suites"],
                       "baseline": f"GX row by row on a pandas frame of {base_fig['rows']:,} ratings, scaled",
                       "baseline_wall_s": round(scaled, 1), "baseline_peak_rss_mb_at_sample": base_fig["peak_rss_mb"],

@@ -37,6 +37,19 @@ HALF_STARS = [x / 2 for x in range(1, 11)]
 TIME_OF_DAY = ["morning", "afternoon", "evening", "night", "late_night"]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
+# Data rows per file of the GroupLens releases, as their READMEs publish them. A release is known by
+# its folder name (a zip extracts to one); ml-latest changes with every refresh, so it has none, and
+# ml-latest-small has had two editions (2018 and 2016).
+PUBLISHED_ROWS: dict[str, list[dict[str, int]]] = {
+    "ml-latest-small": [{"movies": 9_742, "links": 9_742, "ratings": 100_836, "tags": 3_683},
+                        {"movies": 9_125, "links": 9_125, "ratings": 100_004, "tags": 1_296}],
+    "ml-20m": [{"movies": 27_278, "links": 27_278, "ratings": 20_000_263, "tags": 465_564,
+                "genome_tags": 1_128, "genome_scores": 11_709_768}],
+    "ml-25m": [{"movies": 62_423, "links": 62_423, "ratings": 25_000_095, "tags": 1_093_360,
+                "genome_tags": 1_128, "genome_scores": 15_584_448}],
+    "ml-32m": [{"movies": 87_585, "links": 87_585, "ratings": 32_000_204, "tags": 2_000_072}],
+}
+
 OnBadRows = Literal["reject", "fail"]
 INGEST_VERSION = "ingest-2"  # bump when the Parquet layout changes: it invalidates cached results
 
@@ -153,28 +166,85 @@ def resolve_source(source: str | Path, cache_dir: Path, base_url: str = GROUPLEN
 
 # --- reading with reasons ----------------------------------------------------------------------
 
-def _check_header(path: Path, spec: CsvSpec) -> None:
+def _check_header(path: Path, spec: CsvSpec) -> int:
+    """Check the header; returns how many unnamed empty columns trail it (a spreadsheet's save adds them)."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), None)
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     expected = list(spec.columns)
-    if header != expected:
+    named = list(header or [])
+    while named and not named[-1].strip():
+        named.pop()
+    if named != expected:
         raise IngestError(f"{path}: header is {header}, expected {expected}")
+    return len(header) - len(named)
 
 
-def _bad_row(path: Path, width: int) -> str:
-    """Find the first row the csv module cannot read or that has the wrong number of fields (slow; error path)."""
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _bad_row(path: Path, widths: range) -> str | None:
+    """The first row the csv module cannot read or whose field count is outside `widths`, or None
+    (slow: only on the error path). A blank line is left to the row checks."""
+    terminated = _ends_with_newline(path)
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f, strict=True)
         try:
             for row in reader:
-                if reader.line_num > 1 and len(row) != width:
-                    return f"line {reader.line_num} has {len(row)} fields, expected {width}: {row[:6]}"
+                if reader.line_num > 1 and row and len(row) not in widths:
+                    problem = f"line {reader.line_num} has {len(row)} fields, expected {_widths_text(widths)}: {row[:6]}"
+                    if not terminated and next(reader, None) is None:
+                        return f"{problem}; the file looks truncated (its last line is cut short and has no newline)"
+                    return problem
         except csv.Error as exc:
             return f"line {reader.line_num}: {exc}"
-    return "a row is malformed"
+        except UnicodeDecodeError:
+            return _first_non_utf8_line(path)
+    return None
+
+
+def _first_non_utf8_line(path: Path) -> str | None:
+    """The text decoder reads ahead, so the csv module's line count is off here: find the line by bytes."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return f"line {number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+    return None
+
+
+def _widths_text(widths: range) -> str:
+    return str(widths.start) if len(widths) == 1 else f"{widths.start} to {widths.stop - 1}"
+
+
+def check_field_counts(path: Path, widths: range) -> None:
+    """Stop on a row with too few or too many fields, wherever it is (Polars pads a short row with
+    empty values, which would read as a mere empty field: a cut-off last line would lose the rest of
+    the file silently). One fast pass over the lines counts the separators outside quotes; a line it
+    cannot judge alone (a quote that may span lines) is confirmed by the csv module."""
+    lines = pl.scan_csv(path, has_header=False, skip_rows=1, separator="\x1f", quote_char=None,
+                        schema={"text": pl.String}, truncate_ragged_lines=True)
+    text = pl.col("text").str.strip_chars_end("\r")
+    fields = text.str.replace_all('"[^"]*"', "").str.count_matches(",", literal=True) + 1
+    suspicious = (text != "") & (~fields.is_between(widths.start, widths.stop - 1)
+                                 | (text.str.count_matches('"', literal=True) % 2 == 1))
+    try:
+        found = lines.select(n=suspicious.sum()).collect(engine="streaming").item()
+    except pl.exceptions.ComputeError as exc:  # invalid UTF-8, mostly
+        raise IngestError(f"{path}: malformed CSV: {_bad_row(path, widths) or exc}") from exc
+    if found:
+        problem = _bad_row(path, widths)
+        if problem is not None:
+            raise IngestError(f"{path}: malformed CSV: {problem}")
 
 
 def _reason_chain(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
@@ -192,16 +262,19 @@ def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, st
     The fast form parses numbers while reading (a bad number reads as null) and runs fully parallel.
     The detailed form, used only to write out rejected rows, reads text, names the exact problem of
     each value, keeps the raw text, and numbers the rows (`row` 1 = first data row), which costs the
-    streaming engine its parallelism.
+    streaming engine its parallelism. Unnamed trailing columns are read as text: a row with a value
+    there is rejected.
     """
-    _check_header(path, spec)
+    unnamed = [f"unnamed_{k}" for k in range(1, _check_header(path, spec) + 1)]
+    checks = [(pl.col(c).is_not_null() & (pl.col(c) != ""), f"a value in unnamed column {len(spec.columns) + k}")
+              for k, c in enumerate(unnamed, 1)]
+    types = {**spec.columns, **{c: pl.String for c in unnamed}}
     if not detailed:
-        frame = pl.scan_csv(path, schema=spec.columns, has_header=True, ignore_errors=True)
-        checks = [(pl.col(c).is_null(), f"{c} is empty or not a valid {spec.columns[c]}") for c in spec.required]
-        return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason"))
-    raw = pl.scan_csv(path, schema={c: pl.String for c in spec.columns}, has_header=True)
+        frame = pl.scan_csv(path, schema=types, has_header=False, skip_rows=1, ignore_errors=True)
+        checks += [(pl.col(c).is_null(), f"{c} is empty or not a valid {spec.columns[c]}") for c in spec.required]
+        return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason")).drop(unnamed)
+    raw = pl.scan_csv(path, schema={c: pl.String for c in types}, has_header=False, skip_rows=1)
     raw = raw.with_row_index("row", offset=1)
-    checks = []
     for column, dtype in spec.columns.items():
         value = pl.col(f"raw_{column}")
         if column in spec.required:
@@ -211,7 +284,7 @@ def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, st
                            f"{column} is not a valid {dtype}"))
     frame = raw.rename({c: f"raw_{c}" for c in spec.columns}).with_columns(
         pl.col(f"raw_{c}").cast(t, strict=False).alias(c) for c, t in spec.columns.items())
-    return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason"))
+    return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason")).drop(unnamed)
 
 
 def _collect(plans: list[pl.LazyFrame], path: Path, spec: CsvSpec) -> list[pl.DataFrame]:
@@ -221,13 +294,16 @@ def _collect(plans: list[pl.LazyFrame], path: Path, spec: CsvSpec) -> list[pl.Da
             warnings.filterwarnings("error", message=".*malformed.*", category=UserWarning)
             return pl.collect_all(plans, engine="streaming")
     except (pl.exceptions.ComputeError, UserWarning) as exc:
-        raise IngestError(f"{path}: malformed CSV: {_bad_row(path, len(spec.columns))}") from exc
+        problem = _bad_row(path, range(len(spec.columns), len(spec.columns) + _check_header(path, spec) + 1))
+        raise IngestError(f"{path}: malformed CSV: {problem or exc}") from exc
 
 
 def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]], transform, out: Path,
                     rejected_path: Path) -> dict:
     """Good rows (through `transform`) to `out` in one streaming pass over the CSV; when there are bad
     rows, a second pass writes them, numbered and with their raw text and reason, to `rejected_path`."""
+    unnamed = _check_header(path, spec)
+    check_field_counts(path, range(len(spec.columns), len(spec.columns) + unnamed + 1))
     frame = read_checked(path, spec, checks)
     good = frame.filter(pl.col("reason").is_null()).drop("reason")
     counts = _collect([(transform(good) if transform else good).sink_parquet(out, lazy=True, **ZSTD),
@@ -238,8 +314,15 @@ def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]]
         _collect([numbered.filter(pl.col("reason").is_not_null()).select(
             pl.lit(spec.name).alias("file"), "row", "reason", *[f"raw_{c}" for c in spec.columns]
         ).sink_parquet(rejected_path, lazy=True, **ZSTD)], path, spec)
-    return {"source": spec.name, "rows_read": read, "rows_rejected": rejected,
-            "rows_written": pl.scan_parquet(out).select(pl.len()).collect().item()}
+        last = pl.scan_parquet(rejected_path).select(pl.col("row").max()).collect().item()
+        if last == read and not _ends_with_newline(path):
+            raise IngestError(f"{path}: line {read + 1} (the last) is cut short and has no newline: the file looks "
+                              f"truncated; rejecting that row would hide the loss of the rest of the file")
+    result = {"source": spec.name, "rows_read": read, "rows_rejected": rejected,
+              "rows_written": pl.scan_parquet(out).select(pl.len()).collect().item()}
+    if unnamed:
+        result["unnamed_columns_ignored"] = unnamed
+    return result
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -378,6 +461,7 @@ def ingest_release(release: Path, out_dir: Path, on_bad_rows: OnBadRows = "rejec
             ], lambda frame: genome_scores_frame(frame, genome_tags))
             genome_tags.collect().rename({"tagId": "tag_id"}).write_parquet(tmp / "genome_tags.parquet", **ZSTD)
 
+        stats["release"] = compare_with_published(release, stats["files"])
         _summarise(tmp, files, stats, on_bad_rows, max_reject_fraction)
         stats["timings_s"]["total"] = round(time.perf_counter() - started, 3)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str))
@@ -390,6 +474,23 @@ def ingest_release(release: Path, out_dir: Path, on_bad_rows: OnBadRows = "rejec
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stats
+
+
+def compare_with_published(release: Path, counts: dict[str, dict]) -> dict:
+    """For a known GroupLens release, its rows read per file against the published counts (the
+    closest edition). A mismatch is a warning, not an error: a hand-edited copy may be intended."""
+    editions = PUBLISHED_ROWS.get(release.name)
+    if editions is None:
+        return {"name": release.name, "known": False}
+
+    def mismatches(published: dict[str, int]) -> list[str]:
+        read = {key: counts[key]["rows_read"] if key in counts else 0 for key in published}
+        return [f"{SPECS[key].name}: {read[key]:,} rows read, the published {release.name} has {rows:,}"
+                for key, rows in published.items() if read[key] != rows]
+
+    found = min((mismatches(edition) for edition in editions), key=len)
+    return {"name": release.name, "known": True, "matches_published": not found,
+            "warnings": [str(release / text) for text in found]}
 
 
 def _summarise(tmp: Path, files: dict[str, Path], stats: dict, on_bad_rows: OnBadRows,
@@ -430,6 +531,11 @@ def ingest_task(release: str, out_dir: str, on_bad_rows: OnBadRows = "reject",
     """Returns the path of stats.json; the Parquet files lie beside it."""
     stats = ingest_release(Path(release), Path(out_dir), on_bad_rows, max_reject_fraction)
     logger = get_run_logger()
+    known = stats["release"]
+    if known["known"] and known["matches_published"]:
+        logger.info("%s: every file has the published row count", known["name"])
+    for warning in known.get("warnings", []):
+        logger.warning("%s (a copy that differs from the GroupLens release)", warning)
     for counts in stats["files"].values():
         logger.info("%s: %s rows written, %s rejected", counts["source"], f"{counts['rows_written']:,}",
                     f"{counts['rows_rejected']:,}")

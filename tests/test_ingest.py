@@ -316,3 +316,84 @@ def test_truncated_download(release_server, tmp_path):
 def test_unknown_source_is_explained(tmp_path):
     with pytest.raises(IngestError, match="neither a release folder"):
         resolve_source("ml-99m", tmp_path)
+
+
+# --- truncated, short, extra-column and wrong-encoding files ------------------------------------
+
+BIG_RATINGS = "userId,movieId,rating,timestamp\n" + "".join(f"{u},1,4.0,964982703\n" for u in range(1, 20_001))
+
+
+@pytest.mark.parametrize("cut", [7, 11, 14])  # inside the timestamp, inside the rating, right after a comma
+def test_a_ratings_file_cut_mid_line_stops_as_truncated(tmp_path, cut):
+    """`head -c N ratings.csv`: rejecting the cut row would lose the rest of the file silently."""
+    release = write_release(tmp_path / "rel")
+    line_start = len(BIG_RATINGS) // 2
+    line_start = BIG_RATINGS.index("\n", line_start) + 1
+    (release / "ratings.csv").write_text(BIG_RATINGS[:line_start + cut])
+    with pytest.raises(IngestError, match=r"ratings\.csv: .*line \d+.*looks truncated"):
+        ingest_release(release, tmp_path / "processed", max_reject_fraction=1.0)
+    assert not (tmp_path / "processed").exists()
+
+
+@pytest.mark.parametrize("row, fields", [("1,2,4.0", 3), ("1,2", 2), ("1,2,4.0,964982703,9", 5)])
+def test_a_row_with_the_wrong_field_count_anywhere_stops_the_stage(tmp_path, row, fields):
+    text = BIG_RATINGS.replace("\n500,1,4.0,964982703\n", f"\n{row}\n")
+    release = write_release(tmp_path / "rel", ratings=text)
+    with pytest.raises(IngestError, match=rf"ratings\.csv: malformed CSV: line 501 has {fields} fields, expected 4"):
+        ingest_release(release, tmp_path / "processed", max_reject_fraction=1.0)
+
+
+def test_quoted_commas_and_blank_lines_are_not_field_count_errors(tmp_path):
+    tags = TAGS + '3,1,"a, b, and ""c""",1139045900\n\n'
+    stats = ingest_release(write_release(tmp_path / "rel", tags=tags), tmp_path / "processed",
+                           max_reject_fraction=1.0)
+    assert stats["files"]["tags"]["rows_written"] == 3
+    assert stats["rejected"]["tags"] == {"userId is empty": 1}  # the blank line, as before: a row
+
+
+def test_a_file_without_final_newline_whose_last_row_is_good_is_read_whole(tmp_path):
+    release = write_release(tmp_path / "rel", ratings=RATINGS.rstrip("\n"))
+    stats = ingest_release(release, tmp_path / "processed")
+    assert stats["files"]["ratings"]["rows_written"] == len(RATINGS.splitlines()) - 1
+
+
+def test_trailing_unnamed_columns_are_ignored_and_values_in_them_rejected(tmp_path):
+    body = [line + ",,," for line in RATINGS.splitlines()[1:]] + ["1,3,3.0,964982800,,oops,"]
+    release = write_release(tmp_path / "rel", ratings="userId,movieId,rating,timestamp,,,\n" + "\n".join(body) + "\n")
+    stats = ingest_release(release, tmp_path / "processed", max_reject_fraction=1.0)
+    assert stats["files"]["ratings"]["unnamed_columns_ignored"] == 3
+    assert stats["files"]["ratings"]["rows_written"] == len(body) - 1
+    rejected = pl.read_parquet(tmp_path / "processed" / "rejected" / "ratings.parquet")
+    assert rejected.select("row", "reason").rows() == [(len(body), "a value in unnamed column 6")]
+    assert pl.read_parquet(tmp_path / "processed" / "ratings.parquet").columns[:4] == [
+        "user_id", "movie_id", "rating", "timestamp"]
+
+
+def test_not_utf8_deep_in_a_large_file_names_the_line(tmp_path):
+    release = write_release(tmp_path / "rel")
+    (release / "ratings.csv").write_bytes(BIG_RATINGS.encode() + b"7,1,4.0,96498\xe9703\n")
+    with pytest.raises(IngestError, match=r"ratings\.csv: malformed CSV: line 20002: not UTF-8"):
+        ingest_release(release, tmp_path / "processed")
+
+
+def test_a_known_release_is_compared_with_the_published_counts(tmp_path):
+    release = write_release(tmp_path / "ml-latest-small")
+    stats = ingest_release(release, tmp_path / "processed")
+    known = stats["release"]
+    assert known["known"] and not known["matches_published"]
+    # Both editions differ; the warning names each file and both counts, against the closer edition.
+    assert any(w.endswith("ratings.csv: 4 rows read, the published ml-latest-small has 100,836") or
+               w.endswith("ratings.csv: 4 rows read, the published ml-latest-small has 100,004")
+               for w in known["warnings"])
+    assert json.loads((tmp_path / "processed" / "stats.json").read_text())["release"] == known
+    assert ingest_release(write_release(tmp_path / "mine"), tmp_path / "p2")["release"] == {
+        "name": "mine", "known": False}
+
+
+def test_a_known_release_with_the_published_counts_matches(tmp_path, monkeypatch):
+    from tasks import movielens
+
+    release = write_release(tmp_path / "ml-20m")
+    monkeypatch.setitem(movielens.PUBLISHED_ROWS, "ml-20m", [{"movies": 8, "links": 8, "ratings": 4, "tags": 2}])
+    assert ingest_release(release, tmp_path / "processed")["release"] == {
+        "name": "ml-20m", "known": True, "matches_published": True, "warnings": []}

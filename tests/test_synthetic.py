@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE, PLATFORMS, availability, profiles, rating_summary
+from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE, COUNTRIES, PLATFORMS, availability, profiles, rating_summary
 from tasks.templates import TemplateError, generate_chunk, load_template, parse_template, write_dataset
 
 ML_25M_USERS = np.arange(1, 162_542)
@@ -40,6 +40,29 @@ def test_profiles_depend_only_on_seed_and_user(all_users):
     assert alone.equals(all_users.filter(pl.col("user_id").is_in(some.tolist())))
     assert profiles(some[::-1], seed=42).sort("user_id").equals(alone)  # order and company do not matter
     assert not profiles(some, seed=43).equals(alone)
+
+
+def test_profiles_are_the_same_in_processes_with_other_hash_seeds(tmp_path):
+    """Every value is a function of (seed, user id, purpose): not of PYTHONHASHSEED, which orders
+    sets (Faker's it_IT cities came from one)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, numpy as np; from tasks.synthetic import profiles; "
+              "profiles(np.arange(1, 20_001), seed=7).write_parquet(sys.argv[1])")
+    frames = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"users-{hash_seed}.parquet"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, cwd=Path(__file__).parents[1],
+                       env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        frames.append(pl.read_parquet(out))
+    first, second = frames
+    assert set(first["country"]) == {c.code for c in COUNTRIES}  # every locale is in the comparison
+    for country in sorted(set(first["country"])):
+        a, b = (f.filter(pl.col("country") == country) for f in frames)
+        for column in first.columns:
+            assert a[column].equals(b[column]), f"{country}: {column} differs between hash seeds"
 
 
 def test_profile_values_are_consistent(all_users):

@@ -1,8 +1,13 @@
-"""What every flow entry point shares: settings from CLI flags, and which Prefect API to talk to."""
+"""What every flow entry point shares: settings from CLI flags, which Prefect API to talk to, the
+checks that can run before any stage, and one error path for every CLI."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from prefect.settings import (
@@ -11,14 +16,69 @@ from prefect.settings import (
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
     temporary_settings,
 )
+from pydantic import ValidationError
 
 from tasks import services
+from tasks.errors import PipelineError
+from tasks.movielens import RELEASES
 from tasks.settings import Settings
 
 
 def load_settings(**flags: Any) -> Settings:
     """Settings with the CLI flags that were given (None = not given) on top."""
     return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def preflight(settings: Settings, source: str | None = None, embed: bool = False) -> None:
+    """What can be checked before the first stage starts, so a bad parameter fails in a second,
+    not after the stages before the one that needs it."""
+    if source is not None and source not in RELEASES and not Path(source).exists():
+        raise PipelineError(f"--source {source}: no such file or folder (nor a release name: {', '.join(RELEASES)})")
+    if embed:
+        from tasks.models import model_path
+
+        model_path(settings.model, settings.model_dir)  # unknown, or not available offline: says how to fix it
+
+
+class _OneLineErrors(logging.Formatter):
+    """Formats as the wrapped formatter, without the traceback of a PipelineError: its message says
+    it all, and Prefect logs it once per task and flow level. The UI's copy keeps the traceback."""
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info and isinstance(record.exc_info[1], PipelineError)):
+            return self.inner.format(record)
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _quiet_tracebacks() -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # configure Prefect's logging as its engine would, once, to reach its console handler
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
+    for handler in root.handlers:
+        if not isinstance(handler.formatter, _OneLineErrors):
+            handler.setFormatter(_OneLineErrors(handler.formatter or logging.Formatter()))
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Every CLI's error path: a PipelineError or a bad setting is one line on stderr and exit 1."""
+    try:
+        return main() or 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # settings from the environment or .env: names the field, never the value
+        print(f"error: bad setting: {exc}", file=sys.stderr)
+    return 1
 
 
 @contextmanager
@@ -33,4 +93,5 @@ def prefect_api(settings: Settings) -> Iterator[str]:
         where = "a temporary local Prefect server (run `python -m tasks.services start` for a lasting one)"
         updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 90
     with temporary_settings(updates=updates):
+        _quiet_tracebacks()
         yield where

@@ -11,8 +11,9 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api
+from flows.common import load_settings, prefect_api, preflight, run_cli
 from tasks.caching import result_storage
+from tasks.errors import MissingInput
 from tasks.embeddings import embed_catalog_task, embed_media_task, user_vectors_task
 from tasks.models import MODELS
 
@@ -21,24 +22,27 @@ from tasks.models import MODELS
 def embed_flow(data_dir: str = "data", model: str = "all-MiniLM-L6-v2",
                device: Literal["auto", "cpu", "cuda"] = "auto", batch_size: int = 256,
                catalog: bool = True) -> dict[str, str]:
-    """Returns the written HDF5 files by name."""
+    """Returns the written HDF5 files by name. Models not in a package are looked up in MG_MODEL_DIR
+    (the settings) before the Hugging Face cache; MG_EMBED_PRECISION=fp32 keeps full precision."""
     data = Path(data_dir)
+    settings = load_settings()
+    model_dir = str(settings.model_dir) if settings.model_dir else None
     processed, out = data / "processed", data / "embeddings"
     if not (processed / "movies.parquet").exists():
-        raise FileNotFoundError(f"{processed / 'movies.parquet'} is missing: run the ingest stage first")
+        raise MissingInput(f"{processed / 'movies.parquet'} is missing: run the ingest stage first")
     out.mkdir(parents=True, exist_ok=True)
     storage = result_storage(data)
     genome = processed / "genome_scores.parquet"
     media = embed_media_task.with_options(result_storage=storage)(
         str(processed / "movies.parquet"), str(genome) if genome.exists() else None, str(out / "media.h5"),
-        model, device, batch_size)
+        model, device, batch_size, model_dir, settings.embed_precision)
     written = {"media": media}
     written["users"] = user_vectors_task.with_options(result_storage=storage)(
         str(processed / "ratings.parquet"), media, str(out / "users.h5"))
     catalog_file = data / "synthetic" / "media_catalog.parquet"
     if catalog and catalog_file.exists():
         written["catalog"] = embed_catalog_task.with_options(result_storage=storage)(
-            str(catalog_file), str(out / "catalog.h5"), model, device, batch_size)
+            str(catalog_file), str(out / "catalog.h5"), model, device, batch_size, model_dir, settings.embed_precision)
     return written
 
 
@@ -54,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(data_dir=args.data_dir, model=args.model, device=args.device)
     except ValueError as exc:
         parser.error(str(exc))
-    with prefect_api(settings):
-        written = embed_flow(str(settings.data_dir), settings.model, settings.device, args.batch_size,
-                             not args.no_catalog)
-    for name, path in written.items():
-        print(f"{name:8} {path}")
-    return 0
+
+    def run() -> int:
+        preflight(settings, embed=True)
+        with prefect_api(settings):
+            written = embed_flow(str(settings.data_dir), settings.model, settings.device, args.batch_size,
+                                 not args.no_catalog)
+        for name, path in written.items():
+            print(f"{name:8} {path}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

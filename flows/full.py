@@ -16,13 +16,16 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import load_settings, prefect_api
+from flows.common import load_settings, prefect_api, preflight, run_cli
 from flows.embed import embed_flow
-from flows.ingest import ingest_flow
+from flows.ingest import ingest_flow, ingest_summary
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
+from tasks.errors import PipelineError
+from tasks.movielens import OnBadRows
 from tasks.movielens_sample import sample_release_task
-from tasks.validation import validate_task
+from tasks.settings import CatalogSize, RejectFraction
+from tasks.validation import validated
 
 # Stages that later issues build; asked for, they report that instead of pretending to run.
 NOT_BUILT = {
@@ -37,13 +40,21 @@ NOT_BUILT = {
 EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
 
 
+def _stamps(*folders: Path) -> dict[str, int]:
+    """Modification times of the files under the folders: unchanged after a stage = taken from the cache."""
+    return {str(f): f.stat().st_mtime_ns for folder in folders if folder.exists() for f in folder.rglob("*")
+            if f.is_file() and ".prefect-results" not in f.parts}
+
+
 @flow(name="full-refresh", log_prints=True)
 def full_flow(
     data_dir: str | None = None,
     source: str | None = None,
-    catalog_size: int | None = None,
+    catalog_size: CatalogSize | None = None,
     model: str | None = None,
     device: Literal["auto", "cpu", "cuda"] | None = None,
+    on_bad_rows: OnBadRows = "reject",
+    max_reject_fraction: RejectFraction = 0.01,
     skip_ingest: bool = False,
     skip_synthetic: bool = False,
     skip_embed: bool = False,
@@ -55,60 +66,88 @@ def full_flow(
     embed_on: str | None = None,
 ) -> list[dict]:
     """Run every stage that is asked for; returns one summary row per stage. Empty parameters take
-    the pipeline's settings (environment or .env)."""
+    the pipeline's settings (environment or .env).
+
+    Args:
+        data_dir: root of every pipeline file (raw/, processed/, synthetic/, embeddings/, reports/).
+        source: MovieLens release folder, .zip or name (ml-latest-small, ml-25m, ml-32m, ml-latest);
+            empty: a generated small release.
+        catalog_size: items in the synthetic media catalog (1 to 100,000,000; 1,000,000 at full scale).
+        model: embedding model name (all-MiniLM-L6-v2, BAAI/bge-base-en-v1.5, ...) or a local model folder.
+        device: where to embed: auto (a GPU when there is one), cpu or cuda.
+        on_bad_rows: reject: bad rows go to processed/rejected/ with their reason; fail: stop at the first.
+        max_reject_fraction: stop the ingest when more than this share of a file's rows is rejected (0 to 1).
+        skip_ingest: reuse the processed data already in the data dir.
+        skip_synthetic: reuse the synthetic data already in the data dir.
+        skip_embed: reuse the embeddings already in the data dir.
+        skip_validate: do not run the Great Expectations suites (not recommended before loads).
+        no_milvus: do not load Milvus.
+        no_postgres: do not load PostgreSQL+pgvector.
+        no_neo4j: do not load the Neo4j knowledge graph.
+        no_agentdb: do not load AgentDB.
+        embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
+    """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
+    if embed_on and embed_on not in EMBED_DEPLOYMENTS:
+        raise PipelineError(f"embed_on {embed_on!r}: no embed deployment on that pool; "
+                            f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
+    preflight(settings, None if skip_ingest else source, embed=not skip_embed and not embed_on)
     logger = get_run_logger()
     data = settings.data_dir
+    storage = result_storage(data)
     rows: list[dict] = []
 
     def record(stage: str, status: str, detail: str, started: float | None = None) -> None:
         seconds = round(time.perf_counter() - started, 1) if started else None
         rows.append({"stage": stage, "status": status, "seconds": seconds, "detail": detail})
 
+    def ran(before: dict[str, int], *folders: Path) -> str:
+        return "cached" if before and _stamps(*folders) == before else "completed"
+
     def gate(stage: str, missing_ok: bool = False) -> None:
         """Validate the stage's datasets; a critical failure stops the flow here, before any load."""
         if skip_validate:
             return
-        started = time.perf_counter()
-        report = json.loads(Path(validate_task(str(data), stage, missing_ok)).read_text())
+        started, before = time.perf_counter(), _stamps(data / "reports")
+        report = validated(data, stage, missing_ok, storage)
         counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
-        record(f"validate:{stage}", "passed", f"suites: {counts['pass']} pass, {counts['warn']} with warnings "
-                                              f"-> {data / 'reports'}", started)
+        status = "passed (cached)" if _stamps(data / "reports") == before else "passed"
+        record(f"validate:{stage}", status, f"suites: {counts['pass']} pass, {counts['warn']} with warnings "
+                                            f"-> {data / 'reports'}", started)
 
     if skip_ingest:
         record("ingest", "skipped", "--skip-ingest")
     else:
-        started = time.perf_counter()
+        started, before = time.perf_counter(), _stamps(data / "processed")
         if source is None:
             release = data / "raw" / "sample-small"
             logger.info("No source given: ingesting a generated small MovieLens-format release at %s "
                         "(pass --source for a real one)", release)
-            source = sample_release_task.with_options(result_storage=result_storage(data))(
+            source = sample_release_task.with_options(result_storage=storage)(
                 "small", str(release), settings.seed)
-        stats_path = ingest_flow(source=source, data_dir=str(data))
-        record("ingest", "completed", f"{source} -> {Path(stats_path).parent}", started)
+        stats_path = ingest_flow(source=source, data_dir=str(data), on_bad_rows=on_bad_rows,
+                                 max_reject_fraction=max_reject_fraction)
+        record("ingest", ran(before, data / "processed"), ingest_summary(json.loads(Path(stats_path).read_text()),
+                                                                         source, Path(stats_path).parent), started)
         gate("ingest")
 
     if skip_synthetic:
         record("synthetic", "skipped", "--skip-synthetic")
     else:
-        started = time.perf_counter()
+        started, before = time.perf_counter(), _stamps(data / "synthetic")
         written = synthetic_flow(data_dir=str(data), catalog_size=settings.catalog_size, seed=settings.seed)
-        record("synthetic", "completed", f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
+        record("synthetic", ran(before, data / "synthetic"), f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
                                          f"-> {Path(written['users'][0]).parent}", started)
         gate("synthetic")
 
     if skip_embed:
         record("embed", "skipped", "--skip-embed")
     else:
-        started = time.perf_counter()
+        started, before = time.perf_counter(), _stamps(data / "embeddings")
         if embed_on:
             # The GPU pool's deployment; it reads and writes the same data dir through its volume.
             from prefect.deployments import run_deployment
 
-            if embed_on not in EMBED_DEPLOYMENTS:
-                raise ValueError(f"--embed-on {embed_on!r}: no embed deployment on that pool; "
-                                 f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
             run = run_deployment(EMBED_DEPLOYMENTS[embed_on], parameters={"model": settings.model, "device": "cuda"},
                                  as_subflow=True)
             if not run.state or not run.state.is_completed():
@@ -116,7 +155,7 @@ def full_flow(
             record("embed", "completed", f"on the {embed_on} work pool (flow run {run.name})", started)
         else:
             written = embed_flow(data_dir=str(data), model=settings.model, device=settings.device)
-            record("embed", "completed", f"{', '.join(sorted(written))} ({settings.model}) "
+            record("embed", ran(before, data / "embeddings"), f"{', '.join(sorted(written))} ({settings.model}) "
                                          f"-> {Path(written['media']).parent}", started)
         gate("embed")
 
@@ -150,9 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="root of all pipeline files (default: data, or MG_DATA_DIR)")
     parser.add_argument("--source", help="MovieLens release folder, .zip or name (ml-latest-small, ml-25m, ...); "
                                          "default: a generated small release")
-    parser.add_argument("--catalog-size", type=int, help="items in the synthetic media catalog")
-    parser.add_argument("--model", help="embedding model name (default all-MiniLM-L6-v2)")
+    parser.add_argument("--catalog-size", type=int, help="items in the synthetic media catalog (at least 1)")
+    parser.add_argument("--model", help="embedding model name (default all-MiniLM-L6-v2) or a local model folder")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="embedding device")
+    parser.add_argument("--on-bad-rows", choices=["reject", "fail"], default="reject",
+                        help="reject: bad rows go to processed/rejected/ (default); fail: stop at the first")
+    parser.add_argument("--max-reject-fraction", type=float, default=0.01,
+                        help="stop when more than this share of a file's rows is rejected (default 0.01)")
     parser.add_argument("--embed-on", metavar="POOL",
                         help="run the embed stage on a GPU work pool's deployment (e.g. a100-gpu) "
                              "instead of in this process")
@@ -161,26 +204,37 @@ def main(argv: list[str] | None = None) -> int:
     for store in ("milvus", "postgres", "neo4j", "agentdb"):
         parser.add_argument(f"--no-{store}", action="store_true", help=f"do not load {store}")
     args = parser.parse_args(argv)
-    # Validate the settings before starting anything: a bad value is an error here, not mid-run.
+    if not 0 <= args.max_reject_fraction <= 1:
+        parser.error("--max-reject-fraction must be between 0 and 1")
+    # Every check that needs no stage runs before Prefect starts: a bad value is an error here, not mid-run.
     try:
         settings = load_settings(data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
                                  device=args.device)
     except ValueError as exc:
         parser.error(str(exc))
-    started = time.perf_counter()
-    with prefect_api(settings) as where:
-        print(f"Prefect API: {where}")
-        rows = full_flow(
-            data_dir=str(settings.data_dir), source=args.source, catalog_size=args.catalog_size, model=args.model,
-            device=args.device, skip_ingest=args.skip_ingest, skip_synthetic=args.skip_synthetic,
-            skip_embed=args.skip_embed, skip_validate=args.skip_validate, no_milvus=args.no_milvus,
-            no_postgres=args.no_postgres, no_neo4j=args.no_neo4j, no_agentdb=args.no_agentdb,
-            embed_on=args.embed_on)
-    print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
-    for row in rows:
-        seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
-        print(f"  {row['stage']:18} {row['status']:14} {seconds}  {row['detail']}")
-    return 0
+
+    def run() -> int:
+        if args.embed_on and args.embed_on not in EMBED_DEPLOYMENTS:
+            parser.error(f"--embed-on {args.embed_on}: choose one of {', '.join(EMBED_DEPLOYMENTS)}")
+        preflight(settings, None if args.skip_ingest else args.source,
+                  embed=not args.skip_embed and not args.embed_on)
+        started = time.perf_counter()
+        with prefect_api(settings) as where:
+            print(f"Prefect API: {where}")
+            rows = full_flow(
+                data_dir=str(settings.data_dir), source=args.source, catalog_size=args.catalog_size,
+                model=args.model, device=args.device, on_bad_rows=args.on_bad_rows,
+                max_reject_fraction=args.max_reject_fraction, skip_ingest=args.skip_ingest,
+                skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
+                no_milvus=args.no_milvus, no_postgres=args.no_postgres, no_neo4j=args.no_neo4j,
+                no_agentdb=args.no_agentdb, embed_on=args.embed_on)
+        print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
+        for row in rows:
+            seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
+            print(f"  {row['stage']:18} {row['status']:15} {seconds}  {row['detail']}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

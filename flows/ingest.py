@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api
+from flows.common import load_settings, prefect_api, preflight, run_cli
 from tasks.caching import result_storage
 from tasks.movielens import GROUPLENS_URL, OnBadRows, ingest_task, resolve_source_task
 
@@ -29,6 +29,21 @@ def ingest_flow(source: str, data_dir: str = "data", on_bad_rows: OnBadRows = "r
         release, str(Path(data_dir) / "processed"), on_bad_rows, max_reject_fraction)
 
 
+def ingest_summary(stats: dict, source: str, out: Path) -> str:
+    """One line: what was read, what was written, and the rejected rows by reason with where they are."""
+    files = stats["files"]
+    written = ", ".join(f"{c['rows_written']:,} {key}" for key, c in files.items() if key in ("movies", "ratings", "tags"))
+    line = f"{source} -> {out}: {written}"
+    rejected = sum(c["rows_rejected"] for c in files.values())
+    if rejected:
+        reasons = "; ".join(f"{key}: " + ", ".join(f"{n:,} {reason}" for reason, n in by_reason.items())
+                            for key, by_reason in stats["rejected"].items())
+        line += f"; {rejected:,} rows rejected ({reasons}) -> {out / 'rejected'}"
+    for warning in stats.get("release", {}).get("warnings", []):
+        line += f"; warning: {warning}"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True)
@@ -38,13 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-reject-fraction", type=float, default=0.01,
                         help="stop when more than this share of a file's rows is rejected (default 0.01)")
     args = parser.parse_args(argv)
+    if not 0 <= args.max_reject_fraction <= 1:
+        parser.error("--max-reject-fraction must be between 0 and 1")
     settings = load_settings(data_dir=args.data_dir)
-    with prefect_api(settings):
-        stats_path = ingest_flow(args.source, str(settings.data_dir), args.on_bad_rows, args.max_reject_fraction)
-    stats = json.loads(Path(stats_path).read_text())
-    for counts in stats["files"].values():
-        print(f"{counts['source']:18} {counts['rows_written']:>12,} rows  {counts['rows_rejected']:>8,} rejected")
-    return 0
+
+    def run() -> int:
+        preflight(settings, args.source)
+        with prefect_api(settings):
+            stats_path = ingest_flow(args.source, str(settings.data_dir), args.on_bad_rows, args.max_reject_fraction)
+        stats = json.loads(Path(stats_path).read_text())
+        for counts in stats["files"].values():
+            print(f"{counts['source']:18} {counts['rows_written']:>12,} rows  {counts['rows_rejected']:>8,} rejected")
+        print(ingest_summary(stats, args.source, Path(stats_path).parent))
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api
+from flows.common import load_settings, prefect_api, run_cli
 from tasks.caching import result_storage
+from tasks.errors import MissingInput
 from tasks.synthetic import CATALOG_TEMPLATE, availability_task, catalog_task, users_task
 
 
@@ -25,7 +26,7 @@ def synthetic_flow(data_dir: str = "data", catalog_size: int = 10_000, seed: int
     processed, out = data / "processed", data / "synthetic"
     for needed in ("ratings.parquet", "movies.parquet"):
         if not (processed / needed).exists():
-            raise FileNotFoundError(f"{processed / needed} is missing: run the ingest stage first")
+            raise MissingInput(f"{processed / needed} is missing: run the ingest stage first")
     storage = result_storage(data)
     formats = tuple(exports or ())
     users = users_task.with_options(result_storage=storage).submit(
@@ -52,11 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(exports) - {"jsonl", "csv"}
     if unknown:
         parser.error(f"--export: unknown format(s) {', '.join(sorted(unknown))}; choose jsonl, csv")
-    with prefect_api(settings):
-        written = synthetic_flow(str(settings.data_dir), settings.catalog_size, settings.seed, exports, args.template)
-    for dataset, paths in written.items():
-        print(f"{dataset:13} {', '.join(paths)}")
-    return 0
+
+    def run() -> int:
+        with prefect_api(settings):
+            written = synthetic_flow(str(settings.data_dir), settings.catalog_size, settings.seed, exports,
+                                     args.template)
+        for dataset, paths in written.items():
+            print(f"{dataset:13} {', '.join(paths)}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -2,26 +2,31 @@
 
     python -m flows.validate --data-dir DIR [--stage ingest|synthetic|embed]
 
-Writes DIR/reports/validation_report.json and a markdown artifact on the flow run; exits 1 when a
-critical expectation fails, naming the suite, the expectation and sample offending values.
+Without --stage: every dataset present, and the absent ones listed as absent (after an ingest-only
+run, say); with --stage: that stage's datasets, each required. Writes DIR/reports/validation_*.json
+and a markdown artifact on the flow run; exits 1 when a critical expectation fails, naming the
+suite, the expectation and sample offending values.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api
-from tasks.validation import STAGE_DATASETS, ValidationFailed, validate_task
+from flows.common import load_settings, prefect_api, run_cli
+from tasks.caching import result_storage
+from tasks.validation import STAGE_DATASETS, report_name, validated
 
 
 @flow(name="validate", log_prints=True)
 def validate_flow(data_dir: str = "data", stage: str | None = None) -> str:
-    return validate_task(data_dir, stage)
+    """Validate one stage's datasets (each required), or without a stage every dataset present;
+    returns the report's path."""
+    validated(Path(data_dir), stage, stage is None, result_storage(Path(data_dir)))
+    return str(Path(data_dir) / "reports" / report_name(stage))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,16 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=list(STAGE_DATASETS), help="only the suites of this stage's datasets")
     args = parser.parse_args(argv)
     settings = load_settings(data_dir=args.data_dir)
-    with prefect_api(settings):
-        try:
+
+    def run() -> int:
+        with prefect_api(settings):
             path = validate_flow(str(settings.data_dir), args.stage)
-        except ValidationFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    report = json.loads(Path(path).read_text())
-    for suite in report["suites"]:
-        print(f"{suite['suite']:20} {suite['status']}")
-    return 0
+        report = json.loads(Path(path).read_text())
+        for suite in report["suites"]:
+            status = "absent" if suite["status"].startswith("skipped") else suite["status"]
+            print(f"{suite['suite']:20} {status:6} {suite['dataset']}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

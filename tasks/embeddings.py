@@ -31,14 +31,18 @@ from prefect import get_run_logger, task
 from tasks.caching import key_from_inputs
 from tasks.files import atomic_output
 from tasks.models import EmbeddingError, embedding_dim, encode, load_model, spec_for
+from tasks.movielens import natural_title
+from tasks.progress import Progress
 
 CHUNK_ROWS = 4096  # rows encoded and flushed per step; the unit of resume
+PROGRESS_ROWS = 1024  # rows per encode call: progress is reported after each
 
 
 # --- texts -------------------------------------------------------------------------------------
 
 def movie_texts(processed: Path) -> pl.DataFrame:
-    """media_id and text: "Title. (Year). Genres: a, b. Themes: top-10 genome tags" as in the seed."""
+    """media_id and text: "Title. (Year). Genres: a, b. Themes: top-10 genome tags" as in the seed, the
+    title read naturally ("The Usual Suspects", not MovieLens' "Usual Suspects, The")."""
     movies = pl.read_parquet(processed / "movies.parquet", columns=["media_id", "title", "year", "genres"])
     genome = processed / "genome_scores.parquet"
     if genome.exists():
@@ -48,7 +52,7 @@ def movie_texts(processed: Path) -> pl.DataFrame:
     else:
         movies = movies.with_columns(themes=pl.lit(None, pl.String))
     text = pl.concat_str([
-        pl.col("title") + ".",
+        natural_title(pl.col("title")) + ".",
         pl.when(pl.col("year").is_not_null()).then(pl.format("({}).", pl.col("year"))),
         pl.when(pl.col("genres").list.len() > 0).then(pl.format("Genres: {}.", pl.col("genres").list.join(", "))),
         pl.when(pl.col("themes").is_not_null()).then(pl.format("Themes: {}", pl.col("themes"))),
@@ -146,16 +150,18 @@ def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_
         chunks = 0
         for start in range(0, len(todo), CHUNK_ROWS):
             rows = todo[start:start + CHUNK_ROWS]
-            batch = [spec.passage_prefix + texts[i] for i in rows]
-            vectors = encode(model, batch, batch_size)
-            _scatter_rows(f["embeddings"], rows, vectors)
+            parts = []
+            for piece in range(0, len(rows), PROGRESS_ROWS):  # a slow CPU takes minutes per chunk
+                batch = [spec.passage_prefix + texts[i] for i in rows[piece:piece + PROGRESS_ROWS]]
+                parts.append(encode(model, batch, batch_size))
+                if progress:
+                    progress(counts["encoded"] + min(piece + PROGRESS_ROWS, len(rows)), len(todo))
+            _scatter_rows(f["embeddings"], rows, np.concatenate(parts))
             done[rows] = True
             f["done"][rows[0]:rows[-1] + 1] = done[rows[0]:rows[-1] + 1]
             f.flush()
             counts["encoded"] += len(rows)
             chunks += 1
-            if progress:
-                progress(counts["encoded"], len(todo))
             if stop_after_chunks is not None and chunks >= stop_after_chunks:
                 raise KeyboardInterrupt("stopped on purpose after a chunk (test hook)")
         del f["done"]
@@ -263,16 +269,15 @@ def quality(path: Path, model=None, texts: list[str] | None = None, sample: int 
 
 # --- Prefect tasks -------------------------------------------------------------------------------
 
-EMBED_VERSION = "embed-1"
+EMBED_VERSION = "embed-2"  # bump when texts or file layout change (unchanged texts are carried over, not re-encoded)
 
 
-def _embed(frame: pl.DataFrame, out: Path, model_name: str, device: str, batch_size: int) -> dict:
+def _embed(frame: pl.DataFrame, out: Path, model_name: str, device: str, batch_size: int,
+           model_dir: str | None = None, precision: str = "auto") -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
-    model = load_model(model_name, device)
-
-    def progress(done: int, total: int) -> None:
-        logger.info("%s: %s/%s texts encoded", out.name, f"{done:,}", f"{total:,}")
+    model = load_model(model_name, device, Path(model_dir) if model_dir else None, precision)
+    progress = Progress(lambda text: logger.info("%s: %s", out.name, text), "texts")
 
     counts = encode_to_h5(frame, out, model, model_name, batch_size, progress)
     seconds = time.perf_counter() - started
@@ -286,15 +291,17 @@ def _embed(frame: pl.DataFrame, out: Path, model_name: str, device: str, batch_s
 
 
 @task(name="embed-media", cache_key_fn=key_from_inputs(EMBED_VERSION, ("movies", "genome")), persist_result=True)
-def embed_media_task(movies: str, genome: str | None, out: str, model: str, device: str, batch_size: int) -> str:
-    counts = _embed(movie_texts(Path(movies).parent), Path(out), model, device, batch_size)
+def embed_media_task(movies: str, genome: str | None, out: str, model: str, device: str, batch_size: int,
+                     model_dir: str | None = None, precision: str = "auto") -> str:
+    counts = _embed(movie_texts(Path(movies).parent), Path(out), model, device, batch_size, model_dir, precision)
     _write_stats(Path(out).parent, "media", counts)
     return out
 
 
 @task(name="embed-catalog", cache_key_fn=key_from_inputs(EMBED_VERSION, ("catalog",)), persist_result=True)
-def embed_catalog_task(catalog: str, out: str, model: str, device: str, batch_size: int) -> str:
-    counts = _embed(catalog_texts(Path(catalog)), Path(out), model, device, batch_size)
+def embed_catalog_task(catalog: str, out: str, model: str, device: str, batch_size: int,
+                       model_dir: str | None = None, precision: str = "auto") -> str:
+    counts = _embed(catalog_texts(Path(catalog)), Path(out), model, device, batch_size, model_dir, precision)
     _write_stats(Path(out).parent, "catalog", counts)
     return out
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import PipelineError
 
-class EmbeddingError(ValueError):
+
+class EmbeddingError(PipelineError, ValueError):
     """Bad input or an unusable model; the message says what and how to fix it."""
 
 

@@ -27,6 +27,7 @@ import polars as pl
 from prefect import get_run_logger, task
 
 from tasks.caching import key_from_inputs, retry_transient
+from tasks.errors import PipelineError
 from tasks.files import ZSTD
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
@@ -51,10 +52,10 @@ PUBLISHED_ROWS: dict[str, list[dict[str, int]]] = {
 }
 
 OnBadRows = Literal["reject", "fail"]
-INGEST_VERSION = "ingest-2"  # bump when the Parquet layout changes: it invalidates cached results
+INGEST_VERSION = "ingest-3"  # bump when the Parquet layout changes: it invalidates cached results
 
 
-class IngestError(ValueError):
+class IngestError(PipelineError, ValueError):
     """Bad input: the message names the file, and the row and field where there is one."""
 
 
@@ -328,6 +329,20 @@ def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]]
 # --- transforms --------------------------------------------------------------------------------
 
 TITLE_YEAR = r"^(.*?)\s*\((\d{4})(?:\s*[\u2013-]\s*(\d{4})?)?\)$"
+
+
+# MovieLens files titles article-last ("Usual Suspects, The", "Cité des enfants perdus, La"); the data
+# keeps that form, embedding texts and search results read it naturally ("The Usual Suspects").
+ARTICLES = ("The", "A", "An", "La", "Le", "Les", "El", "Los", "Las", "Il", "Lo", "Gli", "Der", "Die", "Das",
+            "Det", "Den", "De", "Het", "Os", "As")
+
+
+def natural_title(title: pl.Expr) -> pl.Expr:
+    """"Usual Suspects, The" -> "The Usual Suspects"; an article before an "(a.k.a.)" part moves too;
+    "Avventura, L'" -> "L'Avventura"."""
+    articles = "|".join(ARTICLES)
+    return (title.str.replace(rf"^(.+?), (L')( \(.*\))?$", "${2}${1}${3}")
+            .str.replace(rf"^(.+?), ({articles})( \(.*\))?$", "${2} ${1}${3}"))
 
 
 def movies_frame(lf: pl.LazyFrame, links: pl.LazyFrame | None) -> pl.LazyFrame:

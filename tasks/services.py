@@ -31,13 +31,14 @@ from pathlib import Path
 
 import psutil
 
+from tasks.errors import PipelineError
 from tasks.settings import LOCAL_HOST, Settings
 
 SERVICE_USER = "mediagw"  # PostgreSQL refuses to run as root
 START_TIMEOUT_S = 90
 
 
-class ServiceError(RuntimeError):
+class ServiceError(PipelineError, RuntimeError):
     pass
 
 

@@ -8,7 +8,7 @@ set it and nothing local is started for that store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 LOCAL_HOST = "127.0.0.1"
 NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
+
+
+# Bounds shared by the settings and the flows' parameters (which the deployment form enforces).
+CatalogSize = Annotated[int, Field(ge=1, le=100_000_000)]
+RejectFraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Settings(BaseSettings):
@@ -27,9 +32,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Root of raw, processed, synthetic and embedding files.")
     services_dir: Path = Field(Path(".services"), description="State and logs of the local servers.")
     seed: int = 42
-    catalog_size: int = Field(10_000, ge=0, description="Items in the synthetic media catalog.")
-    model: str = "all-MiniLM-L6-v2"
+    catalog_size: CatalogSize = Field(10_000, description="Items in the synthetic media catalog (at least 1).")
+    model: str = Field("all-MiniLM-L6-v2", description="Embedding model: a registry name or a local model folder.")
+    model_dir: Path | None = Field(None, description="Folder holding models by name (MODEL_DIR/bge-base-en-v1.5), "
+                                                     "read before the Hugging Face cache.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    embed_precision: Literal["auto", "fp32"] = Field(
+        "auto", description="auto: fp16 on a GPU, bf16 on a CPU that has it natively (AMX/AVX512-BF16), else fp32.")
 
     # External stores; None = the local one.
     postgres_url: SecretStr | None = Field(None, description="postgresql://user:password@host:port/db")
@@ -59,6 +68,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # First wins: CLI flags, then the project's .env, then the process environment.
         return init_settings, dotenv_settings, env_settings, file_secret_settings
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        from tasks.models import MODELS
+
+        if value not in MODELS and not Path(value).is_dir():
+            raise ValueError(f"model {value!r} is unknown; use one of {', '.join(MODELS)}, or a local model folder")
+        return value
 
     @field_validator("postgres_url")
     @classmethod

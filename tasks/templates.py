@@ -34,6 +34,7 @@ import yaml
 from faker import Faker
 
 from tasks import hashrand
+from tasks.errors import PipelineError
 from tasks.files import atomic_output
 
 TYPES = {"uuid", "categorical", "integer", "datetime", "text", "paragraph", "list", "name", "company", "format"}
@@ -41,7 +42,7 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 POOL_SIZE = 4096
 
 
-class TemplateError(ValueError):
+class TemplateError(PipelineError, ValueError):
     """A template problem; the message names the template file and the field."""
 
 

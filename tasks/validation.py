@@ -24,6 +24,8 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.caching import stage_key
+from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.movielens import HALF_STARS
 from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE
@@ -40,7 +42,7 @@ def _type_mix() -> dict[str, float]:
     return {value: w / sum(weights) for value, w in zip(kind["values"], weights)}
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(PipelineError, RuntimeError):
     """A critical expectation failed; nothing may be loaded."""
 
 
@@ -204,8 +206,9 @@ def schema_problems(path: Path, expected: dict[str, str], exact: bool = False) -
     return "; ".join(problems)
 
 
-def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool = False) -> dict:
-    """Run every suite on the data dir; returns the report (also written to reports/validation_report.json).
+def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool = False,
+             report_name: str = "validation_report.json") -> dict:
+    """Run every suite on the data dir; returns the report (also written to reports/<report_name>).
     missing_ok: a missing dataset is skipped even when its suite is not optional."""
     import great_expectations as gx
 
@@ -258,7 +261,7 @@ def validate(data_dir: Path, suites: list[dict] | None = None, missing_ok: bool 
         entry["rows"] = len(frame)
         entry["seconds"] = round(time.perf_counter() - started, 2)
         report["suites"].append(entry)
-    with atomic_output(data / "reports" / "validation_report.json") as tmp:
+    with atomic_output(data / "reports" / report_name) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=str))
     return report
 
@@ -307,14 +310,29 @@ def markdown(report: dict) -> str:
 # --- Prefect task --------------------------------------------------------------------------------
 
 STAGE_DATASETS = {"ingest": "processed/", "synthetic": "synthetic/", "embed": "embeddings"}
+VALIDATION_VERSION = "validate-1"
 
 
-@task(name="validate")
+def report_name(stage: str | None) -> str:
+    return f"validation_{stage}.json" if stage else "validation_report.json"
+
+
+def _validation_key(context, parameters: dict) -> str:  # noqa: ARG001 - Prefect's cache_key_fn signature
+    """Unchanged data and suites validate the same: the digests of the stage's folders and of the suites."""
+    data, stage = Path(parameters["data_dir"]), parameters.get("stage")
+    folders = [data / STAGE_DATASETS[s].rstrip("/") for s in ([stage] if stage else STAGE_DATASETS)]
+    inputs = [EXPECTATIONS_DIR, *(f for f in folders if f.exists())]
+    return f"validate-{stage_key(VALIDATION_VERSION, inputs, {**parameters, 'data_dir': str(data.resolve())})}"
+
+
+@task(name="validate", cache_key_fn=_validation_key, persist_result=True)
 def validate_task(data_dir: str, stage: str | None = None, missing_ok: bool = False) -> str:
     """Validate the suites of one stage's datasets (all when stage is None); publish a markdown
-    artifact; raise ValidationFailed on a critical failure. Returns the report's path."""
+    artifact; raise ValidationFailed on a critical failure. Returns the report's path
+    (reports/validation_<stage>.json, or validation_report.json for all). Unchanged data is not
+    validated again: the result comes from the cache."""
     suites = [s for s in load_suites() if stage is None or s["meta"]["dataset"].startswith(STAGE_DATASETS[stage])]
-    report = validate(Path(data_dir), suites, missing_ok)
+    report = validate(Path(data_dir), suites, missing_ok, report_name(stage))
     create_markdown_artifact(key=f"validation-{stage or 'all'}", markdown=markdown(report),
                              description=f"Great Expectations results after {stage or 'every'} stage")
     logger = get_run_logger()
@@ -323,4 +341,14 @@ def validate_task(data_dir: str, stage: str | None = None, missing_ok: bool = Fa
     failure = first_failure(report)
     if failure:
         raise ValidationFailed(f"validation failed, nothing will be loaded: {failure}")
-    return str(Path(data_dir) / "reports" / "validation_report.json")
+    return str(Path(data_dir) / "reports" / report_name(stage))
+
+
+def validated(data_dir: Path, stage: str | None, missing_ok: bool, storage: str) -> dict:
+    """The validation report of a stage (in a flow): from the cache when the data and suites are
+    unchanged and its report is still on disk, else validated now."""
+    task_ = validate_task.with_options(result_storage=storage)
+    path = Path(task_(str(data_dir), stage, missing_ok))
+    if not path.exists():  # reports/ was cleared since
+        path = Path(task_.with_options(refresh_cache=True)(str(data_dir), stage, missing_ok))
+    return json.loads(path.read_text())

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.deployments import run_deployment
@@ -31,7 +32,11 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         # The UI builds its form from this schema: typed parameters, not free text.
         props = deployment.parameter_openapi_schema["properties"]
         assert props["skip_embed"]["type"] == "boolean"
-        assert {"type": "integer"} in props["catalog_size"]["anyOf"]
+        assert {"type": "integer", "minimum": 1, "maximum": 100_000_000} in props["catalog_size"]["anyOf"]
+        assert props["on_bad_rows"]["enum"] == ["reject", "fail"]
+        assert {"type": "number", "minimum": 0.0, "maximum": 1.0}.items() <= props["max_reject_fraction"].items()
+        undescribed = [name for name, prop in props.items() if not prop.get("description")]
+        assert not undescribed, f"the deployment form shows no description for {undescribed}"
 
         deadline = time.monotonic() + 90
         scheduled = []
@@ -61,6 +66,10 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         # The pool's own template asks for the GPUs too, for any deployment put on it.
         bare = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(pool.base_job_template, {}))
         assert bare.container_create_kwargs["device_requests"][0]["capabilities"] == [["gpu"]]
+
+    # The server refuses a run whose parameters break the schema, before any worker sees it.
+    with pytest.raises(Exception, match="(?i)validation|invalid|minimum|422|409"):
+        run_deployment("full-refresh/full-refresh", timeout=0, parameters={"catalog_size": -5})
 
     data_dir = tmp_path / "data"
     flow_run = run_deployment(

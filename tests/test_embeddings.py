@@ -151,14 +151,51 @@ def test_quality_metrics(model, tmp_path):
     assert metrics["near_duplicate_similarity"] > metrics["random_pair_similarity"] + 0.1
 
 
-def test_embed_flow(prefect_server, tmp_path):
+def test_model_dir_setting_is_where_models_are_found(tmp_path, monkeypatch):
+    from flows.common import load_settings, preflight
+
+    name = "paraphrase-multilingual-MiniLM-L12-v2"  # not in a package: MG_MODEL_DIR or the HF cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(EmbeddingError, match="not available offline"):
+        preflight(load_settings(model=name), embed=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / name).symlink_to(model_path("all-MiniLM-L6-v2"))  # a stand-in with the same shape
+    monkeypatch.setenv("MG_MODEL_DIR", str(tmp_path / "models"))
+    settings = load_settings(model=name)
+    assert settings.model_dir == tmp_path / "models"
+    preflight(settings, embed=True)
+    assert load_model(name, "cpu", settings.model_dir).encode(["a film"]).shape == (1, 384)
+
+
+def test_movie_texts_read_article_last_titles_naturally(tmp_path):
+    from tasks.movielens import ingest_release
+    from tests.test_ingest import write_release
+
+    ingest_release(write_release(tmp_path / "rel"), tmp_path / "processed")
+    texts = dict(movie_texts(tmp_path / "processed").iter_rows())
+    assert texts["ml_2"].startswith("The American President. (1995).")
+    titles = pl.read_parquet(tmp_path / "processed" / "movies.parquet", columns=["movie_id", "title"]).rows()
+    assert (2, "American President, The") in titles  # the data keeps MovieLens' form
+
+
+def test_embed_flow(prefect_server, tmp_path, monkeypatch, caplog):
     from flows.embed import embed_flow
     from tasks.movielens import ingest_release
     from tests.test_ingest import write_release
 
     data = tmp_path / "data"
     ingest_release(write_release(tmp_path / "rel"), data / "processed")
-    written = embed_flow(str(data), device="cpu")
+    # The flow finds a model that no package carries in MG_MODEL_DIR.
+    name = "paraphrase-multilingual-MiniLM-L12-v2"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / name).symlink_to(model_path("all-MiniLM-L6-v2"))
+    monkeypatch.setenv("MG_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    written = embed_flow(str(data), model=name, device="cpu")
+    with h5py.File(written["media"]) as f:
+        assert f.attrs["model"] == name
+    # Progress: done/total with a rate and an ETA or the end.
+    assert any("8/8 texts (100%)" in r.getMessage() and "texts/s" in r.getMessage() for r in caplog.records)
     ids, media = read_h5(written["media"])
     assert len(ids) == 8 and media.shape == (8, 384)
     users, vectors = read_h5(written["users"])

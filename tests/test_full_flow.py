@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import polars as pl
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.full import main
 from tests.conftest import ROOT
 
-OPTIONS = ["--data-dir", "--source", "--catalog-size", "--model", "--device", "--embed-on", "--skip-ingest",
+OPTIONS = ["--data-dir", "--source", "--catalog-size", "--model", "--device", "--on-bad-rows",
+           "--max-reject-fraction", "--embed-on", "--skip-ingest",
            "--skip-synthetic",
            "--skip-embed", "--skip-validate", "--no-milvus", "--no-postgres", "--no-neo4j", "--no-agentdb"]
 
@@ -33,7 +36,7 @@ def test_default_run_ingests_a_generated_release_and_reports(prefect_server, tmp
     out = capsys.readouterr().out
     assert "ingest             completed" in out and "synthetic          completed" in out
     assert "validate:ingest    passed" in out and "validate:synthetic passed" in out
-    assert (data / "reports" / "validation_report.json").exists()
+    assert (data / "reports" / "validation_ingest.json").exists()
     assert (data / "synthetic" / "users.parquet").exists() and (data / "synthetic" / "media_catalog.parquet").exists()
     assert "embed              skipped" in out
     for stage in ("milvus", "postgres", "neo4j", "agentdb"):
@@ -45,13 +48,55 @@ def test_default_run_ingests_a_generated_release_and_reports(prefect_server, tmp
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["full-refresh-summary"])))
         assert artifacts and "| ingest | completed |" in artifacts[0].data
 
-    # A rerun takes the ingest result from the cache under the data dir: the files are not rewritten.
+    # A rerun takes every stage, validation included, from the cache under the data dir, and says so.
     written = (data / "processed" / "stats.json").stat().st_mtime_ns
-    assert main(["--data-dir", str(data), "--skip-synthetic", "--skip-embed", "--skip-validate", "--no-milvus",
+    validated = (data / "reports" / "validation_ingest.json").stat().st_mtime_ns
+    assert main(["--data-dir", str(data), "--catalog-size", "2000", "--skip-embed", "--no-milvus",
                  "--no-postgres", "--no-neo4j", "--no-agentdb"]) == 0
     assert (data / "processed" / "stats.json").stat().st_mtime_ns == written
+    assert (data / "reports" / "validation_ingest.json").stat().st_mtime_ns == validated
     assert (data / ".prefect-results").is_dir()
-    assert "skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ingest             cached" in out and "synthetic          cached" in out
+    assert "validate:ingest    passed (cached)" in out and "validate:synthetic passed (cached)" in out
+
+
+def test_bad_parameters_stop_before_the_first_stage(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "--source", str(tmp_path / "nowhere")]) == 1
+    assert "nowhere: no such file or folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(data), "--model", "no-such-model"])
+    assert exit_info.value.code == 2 and "model 'no-such-model' is unknown" in capsys.readouterr().err
+    for size in ("0", "-5"):
+        with pytest.raises(SystemExit):
+            main(["--data-dir", str(data), "--catalog-size", size])
+        assert "catalog_size" in capsys.readouterr().err
+    assert not data.exists()  # nothing ran
+
+
+def test_bad_rows_through_the_full_flow(prefect_server, tmp_path):
+    """--on-bad-rows and --max-reject-fraction reach the ingest; a failure is one clear message,
+    not a traceback per task and flow level; the summary names the rejects and their file."""
+    from tests.test_ingest import RATINGS, write_release
+
+    release = write_release(tmp_path / "rel", ratings=RATINGS + "1,1,9.0,964982703\n")
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    common = [sys.executable, "-m", "flows.full", "--data-dir", str(tmp_path / "data"), "--source", str(release),
+              "--skip-synthetic", "--skip-embed", "--skip-validate", "--no-milvus", "--no-postgres", "--no-neo4j",
+              "--no-agentdb"]
+    failed = subprocess.run([*common, "--on-bad-rows", "fail"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode == 1
+    output = failed.stdout + failed.stderr
+    assert "Traceback" not in output
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        f"error: {release / 'ratings.csv'}: row 5: rating off the 0.5-5.0 half-star grid")
+    kept = subprocess.run([*common, "--max-reject-fraction", "0.5"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    assert (f"1 rows rejected (ratings: 1 rating off the 0.5-5.0 half-star grid) -> "
+            f"{tmp_path / 'data' / 'processed' / 'rejected'}") in kept.stdout
 
 
 def test_changed_input_misses_the_cache(prefect_server, small_release, tmp_path):

@@ -29,12 +29,12 @@ def test_defaults_are_local():
 
 def test_precedence_environment_then_dotenv_then_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("MG_DATA_DIR", "/from/env")
-    monkeypatch.setenv("MG_MODEL", "env-model")
+    monkeypatch.setenv("MG_MODEL", "BAAI/bge-base-en-v1.5")
     assert Settings().data_dir == Path("/from/env")
     (tmp_path / ".env").write_text("MG_DATA_DIR=/from/dotenv\n")
     settings = Settings()
     assert settings.data_dir == Path("/from/dotenv")  # .env beats the environment
-    assert settings.model == "env-model"  # what .env does not set still comes from the environment
+    assert settings.model == "BAAI/bge-base-en-v1.5"  # what .env does not set still comes from the environment
     assert load_settings(data_dir=Path("/from/flag"), model=None).data_dir == Path("/from/flag")
 
 
@@ -54,6 +54,8 @@ def test_external_urls_switch_off_local_servers(monkeypatch):
     ("neo4j_url", "bolt://graph:notaport", "neo4j_url"),
     ("milvus_uri", "ftp://milvus:19530", "milvus_uri"),
     ("catalog_size", -5, "catalog_size"),
+    ("catalog_size", 0, "catalog_size"),
+    ("model", "no-such-model", "model 'no-such-model' is unknown"),
     ("postgres_port", 70000, "postgres_port"),
 ])
 def test_bad_values_name_the_field(field, value, message):

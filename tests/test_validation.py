@@ -196,3 +196,29 @@ def test_artifact_on_the_prefect_server(prefect_server, good_data):
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validation-synthetic"])))
     assert artifacts and "| users | pass |" in artifacts[0].data and "| movies |" not in artifacts[0].data
+
+
+def test_validate_without_a_stage_lists_absent_datasets(prefect_server, data, capsys):
+    """After an ingest-only run: the datasets present are validated, the others listed as absent;
+    with --stage the stage's datasets stay required."""
+    from flows.validate import main
+
+    shutil.rmtree(data / "synthetic")
+    shutil.rmtree(data / "embeddings", ignore_errors=True)
+    assert main(["--data-dir", str(data)]) == 0
+    lines = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert lines["ratings"] == "pass" and lines["movies"] == "pass"
+    assert lines["users"] == "absent" and lines["catalog"] == "absent"
+    assert main(["--data-dir", str(data), "--stage", "synthetic"]) == 1
+    assert "error: validation failed" in capsys.readouterr().err
+
+
+def test_unchanged_data_is_not_validated_twice(prefect_server, data):
+    from flows.validate import validate_flow
+
+    report = Path(validate_flow(str(data), "ingest"))
+    first = report.stat().st_mtime_ns
+    assert Path(validate_flow(str(data), "ingest")) == report and report.stat().st_mtime_ns == first  # cached
+    DEFECTS["referential integrity"][2](data)  # a changed file: validated again, and the defect found
+    with pytest.raises(Exception, match="unknown_movie"):
+        validate_flow(str(data), "ingest")

@@ -13,8 +13,8 @@ from prefect import flow
 
 from flows.common import load_settings, prefect_api, preflight, run_cli
 from tasks.caching import result_storage
-from tasks.errors import MissingInput
 from tasks.embeddings import embed_catalog_task, embed_media_task, user_vectors_task
+from tasks.errors import MissingInput
 from tasks.models import MODELS
 
 

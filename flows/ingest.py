@@ -32,7 +32,8 @@ def ingest_flow(source: str, data_dir: str = "data", on_bad_rows: OnBadRows = "r
 def ingest_summary(stats: dict, source: str, out: Path) -> str:
     """One line: what was read, what was written, and the rejected rows by reason with where they are."""
     files = stats["files"]
-    written = ", ".join(f"{c['rows_written']:,} {key}" for key, c in files.items() if key in ("movies", "ratings", "tags"))
+    written = ", ".join(f"{c['rows_written']:,} {key}" for key, c in files.items()
+                        if key in ("movies", "ratings", "tags"))
     line = f"{source} -> {out}: {written}"
     rejected = sum(c["rows_rejected"] for c in files.values())
     if rejected:

@@ -201,7 +201,8 @@ def _bad_row(path: Path, widths: range) -> str | None:
         try:
             for row in reader:
                 if reader.line_num > 1 and row and len(row) not in widths:
-                    problem = f"line {reader.line_num} has {len(row)} fields, expected {_widths_text(widths)}: {row[:6]}"
+                    problem = (f"line {reader.line_num} has {len(row)} fields, expected {_widths_text(widths)}: "
+                               f"{row[:6]}")
                     if not terminated and next(reader, None) is None:
                         return f"{problem}; the file looks truncated (its last line is cut short and has no newline)"
                     return problem
@@ -257,16 +258,16 @@ def _reason_chain(checks: list[tuple[pl.Expr, str]]) -> pl.Expr:
 
 
 def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, str]],
-                 detailed: bool = False) -> pl.LazyFrame:
+                 detailed: bool = False, unnamed_columns: int = 0) -> pl.LazyFrame:
     """Typed columns plus `reason` (null when the row is good).
 
     The fast form parses numbers while reading (a bad number reads as null) and runs fully parallel.
     The detailed form, used only to write out rejected rows, reads text, names the exact problem of
     each value, keeps the raw text, and numbers the rows (`row` 1 = first data row), which costs the
     streaming engine its parallelism. Unnamed trailing columns are read as text: a row with a value
-    there is rejected.
+    there is rejected. The header is checked beforehand (`_check_header`).
     """
-    unnamed = [f"unnamed_{k}" for k in range(1, _check_header(path, spec) + 1)]
+    unnamed = [f"unnamed_{k}" for k in range(1, unnamed_columns + 1)]
     checks = [(pl.col(c).is_not_null() & (pl.col(c) != ""), f"a value in unnamed column {len(spec.columns) + k}")
               for k, c in enumerate(unnamed, 1)]
     types = {**spec.columns, **{c: pl.String for c in unnamed}}
@@ -288,14 +289,14 @@ def read_checked(path: Path, spec: CsvSpec, extra_checks: list[tuple[pl.Expr, st
     return frame.with_columns(_reason_chain(checks + extra_checks).alias("reason")).drop(unnamed)
 
 
-def _collect(plans: list[pl.LazyFrame], path: Path, spec: CsvSpec) -> list[pl.DataFrame]:
+def _collect(plans: list[pl.LazyFrame], path: Path, widths: range) -> list[pl.DataFrame]:
     try:
         with warnings.catch_warnings():
             # Polars only warns on some malformed CSV (an unterminated quote swallows the rows after it).
             warnings.filterwarnings("error", message=".*malformed.*", category=UserWarning)
             return pl.collect_all(plans, engine="streaming")
     except (pl.exceptions.ComputeError, UserWarning) as exc:
-        problem = _bad_row(path, range(len(spec.columns), len(spec.columns) + _check_header(path, spec) + 1))
+        problem = _bad_row(path, widths)
         raise IngestError(f"{path}: malformed CSV: {problem or exc}") from exc
 
 
@@ -304,17 +305,18 @@ def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]]
     """Good rows (through `transform`) to `out` in one streaming pass over the CSV; when there are bad
     rows, a second pass writes them, numbered and with their raw text and reason, to `rejected_path`."""
     unnamed = _check_header(path, spec)
-    check_field_counts(path, range(len(spec.columns), len(spec.columns) + unnamed + 1))
-    frame = read_checked(path, spec, checks)
+    widths = range(len(spec.columns), len(spec.columns) + unnamed + 1)  # named columns, up to the unnamed ones
+    check_field_counts(path, widths)
+    frame = read_checked(path, spec, checks, unnamed_columns=unnamed)
     good = frame.filter(pl.col("reason").is_null()).drop("reason")
     counts = _collect([(transform(good) if transform else good).sink_parquet(out, lazy=True, **ZSTD),
-                       frame.select(read=pl.len(), rejected=pl.col("reason").is_not_null().sum())], path, spec)[-1]
+                       frame.select(read=pl.len(), rejected=pl.col("reason").is_not_null().sum())], path, widths)[-1]
     read, rejected = counts.row(0)
     if rejected:
-        numbered = read_checked(path, spec, checks, detailed=True)
+        numbered = read_checked(path, spec, checks, detailed=True, unnamed_columns=unnamed)
         _collect([numbered.filter(pl.col("reason").is_not_null()).select(
             pl.lit(spec.name).alias("file"), "row", "reason", *[f"raw_{c}" for c in spec.columns]
-        ).sink_parquet(rejected_path, lazy=True, **ZSTD)], path, spec)
+        ).sink_parquet(rejected_path, lazy=True, **ZSTD)], path, widths)
         last = pl.scan_parquet(rejected_path).select(pl.col("row").max()).collect().item()
         if last == read and not _ends_with_newline(path):
             raise IngestError(f"{path}: line {read + 1} (the last) is cut short and has no newline: the file looks "

@@ -318,9 +318,12 @@ def report_name(stage: str | None) -> str:
 
 
 def _validation_key(context, parameters: dict) -> str:  # noqa: ARG001 - Prefect's cache_key_fn signature
-    """Unchanged data and suites validate the same: the digests of the stage's folders and of the suites."""
+    """Unchanged data and suites validate the same: the digests of the suites and of the folders of the
+    stage and of the stages before it (suites check across them: users against ratings, say)."""
     data, stage = Path(parameters["data_dir"]), parameters.get("stage")
-    folders = [data / STAGE_DATASETS[s].rstrip("/") for s in ([stage] if stage else STAGE_DATASETS)]
+    stages = list(STAGE_DATASETS)
+    upto = stages[:stages.index(stage) + 1] if stage else stages
+    folders = [data / STAGE_DATASETS[s].rstrip("/") for s in upto]
     inputs = [EXPECTATIONS_DIR, *(f for f in folders if f.exists())]
     return f"validate-{stage_key(VALIDATION_VERSION, inputs, {**parameters, 'data_dir': str(data.resolve())})}"
 

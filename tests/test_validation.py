@@ -222,3 +222,15 @@ def test_unchanged_data_is_not_validated_twice(prefect_server, data):
     DEFECTS["referential integrity"][2](data)  # a changed file: validated again, and the defect found
     with pytest.raises(Exception, match="unknown_movie"):
         validate_flow(str(data), "ingest")
+
+
+def test_a_cached_synthetic_validation_sees_a_changed_ingest(prefect_server, data):
+    """The synthetic suites check users against the ratings: a change under processed/ alone must
+    validate them again, not return the cached pass."""
+    from flows.validate import validate_flow
+
+    validate_flow(str(data), "synthetic")
+    last_user = pl.read_parquet(data / "processed/ratings.parquet", columns=["user_id"])["user_id"].max()
+    rewrite(data / "processed/ratings.parquet", lambda f: f.filter(pl.col("user_id") != last_user))
+    with pytest.raises(Exception, match="users_vs_ratings"):
+        validate_flow(str(data), "synthetic")

@@ -76,10 +76,13 @@ def resolve_device(device: str) -> str:
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere torch emulates bf16,
-    which is slower than fp32."""
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16) and torch may use it; elsewhere
+    torch emulates bf16, which is slower than fp32. Torch held to AVX2 (ATEN_CPU_CAPABILITY=avx2)
+    counts as an AVX2-only CPU, which is how benchmarks/embed.py --isa avx2 measures one."""
     import torch
 
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        return False
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private in torch.cpu: absent means no
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 

@@ -151,6 +151,17 @@ def test_quality_metrics(model, tmp_path):
     assert metrics["near_duplicate_similarity"] > metrics["random_pair_similarity"] + 0.1
 
 
+def test_auto_precision_is_fp32_on_avx2_code_paths():
+    """Torch held to AVX2 (as on a CPU without AVX512/AMX) emulates bf16, slower than fp32: auto picks fp32."""
+    script = ("import torch; from tasks.models import load_model, native_bf16_cpu; "
+              "m = load_model('all-MiniLM-L6-v2', 'cpu'); print(native_bf16_cpu(), next(m.parameters()).dtype)")
+    held = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
+    assert held.stdout.split() == ["False", "torch.float32"]
+    native = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert native.stdout.split() == (["True", "torch.bfloat16"] if native_bf16_cpu() else ["False", "torch.float32"])
+
+
 def test_model_dir_setting_is_where_models_are_found(tmp_path, monkeypatch):
     from flows.common import load_settings, preflight
 

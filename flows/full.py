@@ -15,10 +15,13 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import load_settings, prefect_api, preflight, run_cli
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
+from flows.load import StoreName, add_store_flags, print_rows, raise_on_failed, run_loads, skipped_stores, \
+    summary_markdown
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
 from tasks.errors import PipelineError
@@ -26,15 +29,6 @@ from tasks.movielens import OnBadRows
 from tasks.movielens_sample import sample_release_task
 from tasks.settings import CatalogSize, RejectFraction
 from tasks.validation import validated
-
-# Stages that later issues build; asked for, they report that instead of pretending to run.
-NOT_BUILT = {
-    "milvus": "a later issue (Milvus loader)",
-    "postgres": "a later issue (PostgreSQL+pgvector loader)",
-    "neo4j": "a later issue (Neo4j loader)",
-    "agentdb": "a later issue (AgentDB loader)",
-}
-
 
 # Work pool -> the embed deployment that runs there (prefect.yaml).
 EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
@@ -46,7 +40,7 @@ def _stamps(*folders: Path) -> dict[str, int]:
             if f.is_file() and ".prefect-results" not in f.parts}
 
 
-@flow(name="full-refresh", log_prints=True)
+@flow(name="full-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def full_flow(
     data_dir: str | None = None,
     source: str | None = None,
@@ -59,10 +53,7 @@ def full_flow(
     skip_synthetic: bool = False,
     skip_embed: bool = False,
     skip_validate: bool = False,
-    no_milvus: bool = False,
-    no_postgres: bool = False,
-    no_neo4j: bool = False,
-    no_agentdb: bool = False,
+    skip_stores: list[StoreName] | None = None,
     embed_on: str | None = None,
 ) -> list[dict]:
     """Run every stage that is asked for; returns one summary row per stage. Empty parameters take
@@ -81,10 +72,7 @@ def full_flow(
         skip_synthetic: reuse the synthetic data already in the data dir.
         skip_embed: reuse the embeddings already in the data dir.
         skip_validate: do not run the Great Expectations suites (not recommended before loads).
-        no_milvus: do not load Milvus.
-        no_postgres: do not load PostgreSQL+pgvector.
-        no_neo4j: do not load the Neo4j knowledge graph.
-        no_agentdb: do not load AgentDB.
+        skip_stores: stores not to load (milvus, postgres, neo4j, agentdb); the others load at once.
         embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
@@ -167,22 +155,13 @@ def full_flow(
     for stage, skipped in (("ingest", skip_ingest), ("synthetic", skip_synthetic), ("embed", skip_embed)):
         if skipped:
             gate(stage, missing_ok=True)
-    asked = {"milvus": not no_milvus, "postgres": not no_postgres, "neo4j": not no_neo4j,
-             "agentdb": not no_agentdb}
-    for stage, wanted in asked.items():
-        if not wanted:
-            record(stage, "skipped", "by flag")
-        else:
-            logger.warning("Stage %r is not built yet: %s. Nothing was run for it.", stage, NOT_BUILT[stage])
-            record(stage, "not built yet", NOT_BUILT[stage])
-
-    table = "\n".join(f"| {r['stage']} | {r['status']} | {r['seconds'] if r['seconds'] is not None else ''} "
-                      f"| {r['detail']} |" for r in rows)
-    create_markdown_artifact(
-        key="full-refresh-summary",
-        markdown=f"# Full refresh\n\nData dir: `{data}`\n\n| stage | status | s | detail |\n|---|---|---|---|\n{table}\n",
-        description="What ran in this full refresh",
-    )
+    loads = run_loads(data, skip_stores)
+    rows += loads
+    if any(r["status"] in ("loaded", "unchanged") for r in loads) and not any(r["status"] == "failed" for r in loads):
+        gate("load", missing_ok=True)
+    create_markdown_artifact(key="full-refresh-summary", markdown=summary_markdown("Full refresh", data, rows),
+                             description="What ran in this full refresh")
+    raise_on_failed(rows)
     return rows
 
 
@@ -203,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of in this process")
     for stage in ("ingest", "synthetic", "embed", "validate"):
         parser.add_argument(f"--skip-{stage}", action="store_true", help=f"do not run the {stage} stage")
-    for store in ("milvus", "postgres", "neo4j", "agentdb"):
-        parser.add_argument(f"--no-{store}", action="store_true", help=f"do not load {store}")
+    add_store_flags(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
@@ -226,12 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, device=args.device, on_bad_rows=args.on_bad_rows,
                 max_reject_fraction=args.max_reject_fraction, skip_ingest=args.skip_ingest,
                 skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
-                no_milvus=args.no_milvus, no_postgres=args.no_postgres, no_neo4j=args.no_neo4j,
-                no_agentdb=args.no_agentdb, embed_on=args.embed_on)
+                skip_stores=skipped_stores(args), embed_on=args.embed_on)
         print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
-        for row in rows:
-            seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
-            print(f"  {row['stage']:18} {row['status']:15} {seconds}  {row['detail']}")
+        print_rows(rows)
         return 0
 
     return run_cli(run)

@@ -28,6 +28,7 @@ from tasks.caching import stage_key
 from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.movielens import HALF_STARS
+from tasks.stores import STORES
 from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE
 from tasks.templates import load_template
 
@@ -157,10 +158,23 @@ def _embeddings(data: Path) -> dict:
     return row
 
 
+STORE_FIGURES = ("count_mismatch", "missing_ids", "extra_ids", "dim_mismatch", "missing_index", "self_not_nearest")
+
+
+def _store(name: str) -> Callable[[Path], dict]:
+    """The figures a store's check wrote after its load (tasks.stores.loading.check_store)."""
+
+    def figures(data: Path) -> dict:
+        written = json.loads((data / "stores" / f"{name}.json").read_text())
+        return {key: written[key] for key in STORE_FIGURES}
+
+    return figures
+
+
 AGGREGATES: dict[str, Callable[[Path], dict]] = {
     "ratings": _ratings, "tags": _tags, "genome_integrity": _genome_integrity,
     "users_distribution": _users_distribution, "availability": _availability, "catalog": _catalog,
-    "embeddings": _embeddings,
+    "embeddings": _embeddings, **{f"store_{name}": _store(name) for name, spec in STORES.items() if spec.built},
 }
 
 
@@ -309,7 +323,7 @@ def markdown(report: dict) -> str:
 
 # --- Prefect task --------------------------------------------------------------------------------
 
-STAGE_DATASETS = {"ingest": "processed/", "synthetic": "synthetic/", "embed": "embeddings"}
+STAGE_DATASETS = {"ingest": "processed/", "synthetic": "synthetic/", "embed": "embeddings", "load": "stores/"}
 VALIDATION_VERSION = "validate-1"
 
 

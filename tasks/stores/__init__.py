@@ -1,0 +1,53 @@
+"""The stores the pipeline loads: ONE registry, read by the flows, the CLIs, the deploy script and
+the tests. A store's name is written here once.
+
+Each entry names its module in tasks/stores/; the module provides `open_store(settings)` (a
+`tasks.stores.base.Store`), `TABLES` (table or collection -> where its source ids are) and `INPUTS`
+(the data-dir files it loads: their digests decide whether a load can be skipped).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from tasks.settings import Settings
+from tasks.stores.base import Store
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    name: str
+    module: str | None  # None: not built yet (`issue` says which issue builds it)
+    loads: str  # what it holds, for help texts and the UI
+    issue: str = ""
+
+    @property
+    def flag(self) -> str:
+        return f"--no-{self.name}"
+
+    @property
+    def parameter(self) -> str:
+        return f"no_{self.name}"
+
+    @property
+    def built(self) -> bool:
+        return self.module is not None
+
+    def implementation(self) -> ModuleType:
+        return importlib.import_module(f"tasks.stores.{self.module}")
+
+    def open(self, settings: Settings) -> Store:
+        return self.implementation().open_store(settings)
+
+    def concurrency_limit(self) -> str:
+        return f"store-{self.name}"
+
+
+STORES: dict[str, StoreSpec] = {s.name: s for s in [
+    StoreSpec("milvus", "milvus", "movie, catalog and user vectors with their filter fields (Milvus)"),
+    StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)"),
+    StoreSpec("neo4j", None, "the knowledge graph (Neo4j or the local Bolt server)", "#12 (graph store)"),
+    StoreSpec("agentdb", None, "RL episodes, policies and replay buffers (AgentDB)", "#13 (AgentDB store)"),
+]}

@@ -1,0 +1,112 @@
+"""The one interface every store implements (the model: feast's online stores, one module per
+backend behind one base class).
+
+A store is opened from the settings and decides itself whether it is local or remote (an unset URL
+is the local server or file). Its load is idempotent: rows are written only when they changed, ids
+gone from the source are deleted, and a rerun with unchanged inputs writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from tasks.errors import PipelineError
+
+Log = Callable[[str], None]
+
+
+class StoreUnavailable(PipelineError, ConnectionError):
+    """The store cannot be reached (a transient error: the load task retries it). The message names
+    the store and its URL, never a password."""
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search: a unit vector, the vector set to search (media, catalog) and filters on its fields."""
+
+    vector: list[float]
+    vector_set: str = "media"
+    k: int = 10
+    type: str | None = None
+    genre: str | None = None
+    year_from: int | None = None
+    year_to: int | None = None
+    platform: str | None = None
+    exclude: str | None = None  # the --like item itself
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity
+    title: str
+    fields: dict = field(default_factory=dict)  # the filtered fields' values
+
+
+@dataclass
+class TableLoad:
+    """What one load did to one table or collection."""
+
+    rows: int = 0  # in the store after the load
+    written: int = 0  # inserted or updated (unchanged rows are not rewritten)
+    deleted: int = 0  # ids gone from the source
+
+    def as_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "written": self.written, "deleted": self.deleted}
+
+
+@runtime_checkable
+class Store(Protocol):
+    name: str
+
+    def target(self) -> str:
+        """Where the store is, safe to log (no password)."""
+
+    def create_schema(self, data: Path) -> None:
+        """Tables or collections and indexes, if missing (vector dimensions from the embeddings)."""
+
+    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+        """Bring the store in line with the data dir; one entry per table or collection."""
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table or collection; 0 for one that does not exist."""
+
+    def ids(self, table: str) -> Iterable[str]:
+        """Every key in a table or collection, as the source writes it (composite keys joined by '/')."""
+
+    def checks(self, data: Path) -> dict:
+        """Figures for the store's suite: vector dimensions, index present, self-nearest neighbours."""
+
+    def vector(self, vector_set: str, item: str) -> list[float] | None:
+        """The stored vector of one item (None when absent): what a --like search starts from."""
+
+    def search(self, query: Query) -> list[Hit]:
+        """Top-k by cosine similarity, ties broken by id; filters keep recall."""
+
+    def close(self) -> None: ...
+
+
+def ordered(hits: Iterable[Hit], k: int) -> list[Hit]:
+    """Best score first, ties by id: both stores answer in the same order."""
+    return sorted(hits, key=lambda h: (-round(h.score, 6), h.id))[:k]
+
+
+def sample_ids(ids: Iterable[str], n: int = 20) -> list[str]:
+    """A fixed, spread sample: the same ids on every run and in both stores."""
+    everything = sorted(ids)
+    step = max(1, len(everything) // n)
+    return everything[::step][:n]
+
+
+def self_misses(store: Store, vector_set: str, sample: list[str]) -> int:
+    """Sampled items that are not among the best-scored hits of a search with their own vector."""
+    misses = 0
+    for item in sample:
+        vector = store.vector(vector_set, item)
+        hits = store.search(Query(vector=vector, vector_set=vector_set, k=5))
+        best = hits[0].score if hits else 0.0
+        misses += not any(h.id == item and h.score >= best - 1e-5 for h in hits)
+    return misses

@@ -1,0 +1,155 @@
+"""The load stage: each store loaded, checked and reconciled with the source ids, as a Prefect task.
+
+Per store, under DATA_DIR/stores/:
+- <store>.state.json: the digest of its inputs and its counts after the last successful load. A load
+  is skipped when both still match (a wiped or changed store does not match: it is reloaded).
+- <store>.json: what the store's suite in expectations/ checks (counts against the sources, vector
+  dimensions, indexes, self-nearest neighbours, missing and extra ids), written after every load and
+  by `python -m flows.validate --stage load`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.concurrency.sync import concurrency
+
+from tasks.caching import retry_transient, stage_key
+from tasks.errors import PipelineError
+from tasks.files import atomic_output
+from tasks.settings import Settings
+from tasks.stores import STORES
+from tasks.stores.base import Log, Store
+
+LOAD_VERSION = "load-1"  # bump when a store's layout changes: every store is then reloaded
+SAMPLE_IDS = 5  # missing or extra ids named per table
+
+
+class ReconciliationFailed(PipelineError, RuntimeError):
+    """A store holds other ids than its sources; the message names them."""
+
+
+def state_dir(data: Path) -> Path:
+    return Path(data) / "stores"
+
+
+def inputs_digest(data: Path, name: str, target: str) -> str:
+    inputs = [Path(data) / f for f in STORES[name].implementation().INPUTS if (Path(data) / f).exists()]
+    return stage_key(LOAD_VERSION, inputs, {"target": target, "inputs": [str(p.relative_to(data)) for p in inputs]})
+
+
+def reconcile(store: Store, data: Path) -> dict:
+    """Per table: the source ids missing from the store and the store's ids the source lacks."""
+    result = {}
+    for table, keys in STORES[store.name].implementation().TABLES.items():
+        if not (Path(data) / keys.file).exists():
+            continue
+        source = keys.read(data).to_frame()
+        stored = pl.Series("id", list(store.ids(table)), dtype=pl.String).to_frame()
+        missing = source.join(stored, on="id", how="anti")["id"].sort()
+        extra = stored.join(source, on="id", how="anti")["id"].sort()
+        result[table] = {"source": len(source), "store": len(stored), "missing": len(missing), "extra": len(extra),
+                         "missing_sample": missing.head(SAMPLE_IDS).to_list(),
+                         "extra_sample": extra.head(SAMPLE_IDS).to_list()}
+    return result
+
+
+def reconciliation_problems(name: str, tables: dict) -> list[str]:
+    problems = []
+    for table, r in tables.items():
+        if r["missing"]:
+            problems.append(f"{name} {table}: {r['missing']:,} source ids missing (e.g. {', '.join(r['missing_sample'])})")
+        if r["extra"]:
+            problems.append(f"{name} {table}: {r['extra']:,} ids not in the source (e.g. {', '.join(r['extra_sample'])})")
+    return problems
+
+
+def check_store(store: Store, data: Path) -> dict:
+    """The figures of the store's suite, written to stores/<store>.json; raises ReconciliationFailed
+    when the store's ids differ from the sources (naming them)."""
+    tables = reconcile(store, data)
+    figures = store.checks(data)
+    figures.update(
+        store=store.name, target=store.target(),
+        count_mismatch=sum(abs(r["store"] - r["source"]) for r in tables.values()),
+        missing_ids=sum(r["missing"] for r in tables.values()),
+        extra_ids=sum(r["extra"] for r in tables.values()),
+        tables=tables)
+    with atomic_output(state_dir(data) / f"{store.name}.json") as tmp:
+        tmp.write_text(json.dumps(figures, indent=2, sort_keys=True))
+    problems = reconciliation_problems(store.name, tables)
+    if problems:
+        raise ReconciliationFailed("reconciliation failed: " + "; ".join(problems))
+    return figures
+
+
+def recheck_stores(data: Path) -> list[str]:
+    """Check and reconcile again every store loaded from this data dir (its state file exists);
+    returns their names. Settings (store URLs) from the environment and .env."""
+    settings = Settings(data_dir=Path(data))
+    checked = []
+    for name, spec in STORES.items():
+        if spec.built and (state_dir(data) / f"{name}.state.json").exists():
+            store = spec.open(settings)
+            try:
+                check_store(store, Path(data))
+            finally:
+                store.close()
+            checked.append(name)
+    return checked
+
+
+def load_store(settings: Settings, name: str, log: Log) -> dict:
+    """Load one store from the data dir unless it already holds exactly these inputs; check it and
+    reconcile it after a load. Returns a summary: status, target, per-table rows written and deleted."""
+    data = settings.data_dir
+    store = STORES[name].open(settings)
+    try:
+        digest = inputs_digest(data, name, store.target())
+        state_path = state_dir(data) / f"{name}.state.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+        counts = store.counts()
+        if state.get("digest") == digest and state.get("counts") == counts:
+            log(f"{name}: inputs and counts unchanged since the last load: nothing to write")
+            return {"store": name, "status": "unchanged", "target": store.target(),
+                    "tables": {t: {"rows": n, "written": 0, "deleted": 0} for t, n in counts.items()}}
+        log(f"{name}: loading {data} into {store.target()}")
+        report = store.load(data, log)
+        check_store(store, data)
+        counts = store.counts()
+        with atomic_output(state_path) as tmp:
+            tmp.write_text(json.dumps({"digest": digest, "counts": counts, "target": store.target()}, indent=2))
+        return {"store": name, "status": "loaded", "target": store.target(),
+                "tables": {t: r.as_dict() for t, r in report.items()}}
+    finally:
+        store.close()
+
+
+def ensure_concurrency_limits(names: list[str], limit: int = 1) -> None:
+    """One global concurrency limit per store (a store takes one load at a time), created when missing;
+    a limit someone changed in the UI is left as it is."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.read_global_concurrency_limit_by_name(STORES[name].concurrency_limit())
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=STORES[name].concurrency_limit(), limit=limit))
+
+
+@task(name="load-store", task_run_name="load-{name}", retries=3, retry_delay_seconds=[2, 4, 8],
+      retry_condition_fn=retry_transient)
+def load_store_task(data_dir: str, name: str) -> dict:
+    """Load, check and reconcile one store under its global concurrency limit. Settings (store URLs)
+    come from the environment and .env, never from parameters: no secret reaches the API."""
+    logger = get_run_logger()
+    settings = Settings(data_dir=Path(data_dir))
+    with concurrency(STORES[name].concurrency_limit(), occupy=1, strict=True):
+        return load_store(settings, name, logger.info)

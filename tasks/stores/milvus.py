@@ -1,0 +1,271 @@
+"""Milvus: one collection per vector set, COSINE, with the fields searches filter on.
+
+- Local default: a Milvus Lite file (DATA_DIR/milvus.db). Lite 2.5 takes FLAT, IVF_FLAT and
+  AUTOINDEX only: IVF_FLAT, nlist ~ 4 sqrt(rows), searched with nprobe NPROBE. A Milvus server
+  (MG_MILVUS_URI=http://host:19530) gets HNSW M 16 / efConstruction 200, searched with ef 100.
+- Idempotent: every row carries a digest of its fields and vector. A load reads the stored (id,
+  digest) pairs, inserts new ids, upserts changed ones, deletes ids gone from the source; unchanged
+  rows are not sent. Inserts go in INSERT_ROWS-row batches on Lite: measured here, Lite's server
+  time per row grows with the batch (250 rows: 17-20k rows/s; 1,000: 6.5k; 5,000: 0.4k).
+- Filter values are written into the expression as JSON literals (strings) or ints: Lite 2.5
+  rejects expression templates (filter_params).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from tasks.progress import Progress
+from tasks.settings import Settings
+from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, vector_batches
+
+COLLECTIONS = {"media_vectors": "media", "user_vectors": "users", "catalog_vectors": "catalog"}
+TABLES = {name: Keys(VECTOR_SETS[s].h5) for name, s in COLLECTIONS.items()}
+INPUTS = ("embeddings/media.h5", "embeddings/catalog.h5", "embeddings/users.h5", "processed/movies.parquet",
+          "synthetic/media_catalog.parquet", "synthetic/users.parquet", "synthetic/availability.parquet")
+
+HNSW = {"index_type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
+HNSW_SEARCH = {"ef": 100}
+NPROBE = 64
+READ_ROWS = 20_000  # rows read from the files per step
+INSERT_ROWS = {"lite": 250, "server": 5_000}
+MAX_LIST = 64  # array capacity of genres, platforms and tags
+SCALAR = {"str": "VARCHAR", "int": "INT32", "list": "ARRAY"}
+
+
+def _collection(vector_set: str) -> str:
+    return next(name for name, s in COLLECTIONS.items() if s == vector_set)
+
+
+def _literal(value: str | int) -> str:
+    return str(int(value)) if isinstance(value, int) else json.dumps(str(value))
+
+
+def filter_expression(query: Query) -> str:
+    """The Milvus boolean expression of a query's filters ("" for none)."""
+    terms = []
+    if query.type is not None:
+        terms.append(f"type == {_literal(query.type)}")
+    if query.genre is not None:
+        terms.append(f"array_contains(genres, {_literal(query.genre)})")
+    if query.platform is not None:
+        terms.append(f"array_contains(platforms, {_literal(query.platform)})")
+    if query.year_from is not None:
+        terms.append(f"year >= {_literal(query.year_from)}")
+    if query.year_to is not None:
+        terms.append(f"year <= {_literal(query.year_to)}")
+    if query.exclude is not None:
+        terms.append(f"id != {_literal(query.exclude)}")
+    return " and ".join(terms)
+
+
+class MilvusStore:
+    name = "milvus"
+
+    def __init__(self, settings: Settings):
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
+        self.uri = settings.milvus_target()
+        self.lite = "://" not in self.uri
+        if self.lite:
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        try:
+            self.client = MilvusClient(uri=self.uri, token=token, timeout=30)
+        except (MilvusException, OSError) as exc:
+            raise StoreUnavailable(f"milvus at {self.target()} is unreachable: {exc}") from exc
+
+    def target(self) -> str:
+        return f"Milvus Lite file {self.uri}" if self.lite else self.uri  # the token is never part of the URI
+
+    # --- schema ------------------------------------------------------------------------------------
+
+    def _index_params(self, rows: int):
+        params = self.client.prepare_index_params()
+        if self.lite:
+            nlist = int(min(65536, max(16, 2 ** round(math.log2(4 * math.sqrt(max(rows, 1)))))))
+            params.add_index("vector", index_type="IVF_FLAT", metric_type="COSINE", params={"nlist": nlist})
+        else:
+            params.add_index("vector", metric_type="COSINE", **HNSW)
+        return params
+
+    def index_description(self, collection: str) -> str:
+        index = self.client.describe_index(collection, "vector")
+        keys = ("nlist",) if index["index_type"] == "IVF_FLAT" else ("M", "efConstruction")
+        return f"{index['index_type']} " + ", ".join(f"{k} {index[k]}" for k in keys if k in index)
+
+    def create_schema(self, data: Path) -> None:
+        from pymilvus import DataType, MilvusClient
+
+        for collection, set_name in COLLECTIONS.items():
+            vector_set = VECTOR_SETS[set_name]
+            if not vector_set.path(data).exists():
+                continue
+            dim = h5_dim(vector_set.path(data))
+            if self.client.has_collection(collection):
+                fields = {f["name"]: f for f in self.client.describe_collection(collection)["fields"]}
+                if int(fields["vector"]["params"]["dim"]) == dim:
+                    continue
+                self.client.drop_collection(collection)  # another model: the old vectors are meaningless
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+            for name, kind in vector_set.fields.items():
+                if kind == "list":
+                    schema.add_field(name, DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_LIST,
+                                     max_length=256)
+                elif kind == "str":
+                    schema.add_field(name, DataType.VARCHAR, max_length=65_535)
+                else:
+                    schema.add_field(name, DataType.INT32)
+            schema.add_field("digest", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            self.client.create_collection(collection, schema=schema)  # indexed after its first load
+
+    # --- load --------------------------------------------------------------------------------------
+
+    def _stored_digests(self, collection: str) -> dict[str, int]:
+        if self.count(collection) == 0:
+            return {}
+        stored: dict[str, int] = {}
+        iterator = self.client.query_iterator(collection, batch_size=16_384, filter="", output_fields=["digest"])
+        try:
+            while batch := iterator.next():
+                stored.update((row["id"], row["digest"]) for row in batch)
+        finally:
+            iterator.close()
+        return stored
+
+    def _send(self, collection: str, rows: list[dict], upsert: bool) -> None:
+        step = INSERT_ROWS["lite" if self.lite else "server"]
+        write = self.client.upsert if upsert else self.client.insert
+        for start in range(0, len(rows), step):
+            write(collection, rows[start:start + step])
+
+    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+        self.create_schema(data)
+        report = {}
+        for collection, set_name in COLLECTIONS.items():
+            vector_set = VECTOR_SETS[set_name]
+            if not vector_set.path(data).exists():
+                continue
+            stored = self._stored_digests(collection)
+            result = TableLoad()
+            total = _rows(vector_set.path(data))
+            progress = Progress(lambda m, c=collection: log(f"milvus {c}: {m}"), "rows")
+            done = 0
+            for fields, vectors in vector_batches(data, vector_set, READ_ROWS):
+                _check_lists(fields, vector_set.fields, collection)
+                rows = fields.to_dicts()
+                new, changed = [], []
+                for row, vector in zip(rows, vectors):
+                    before = stored.pop(row["id"], None)
+                    if before == row["digest"]:
+                        continue
+                    row["vector"] = vector
+                    (new if before is None else changed).append(row)
+                self._send(collection, new, upsert=False)
+                self._send(collection, changed, upsert=True)
+                result.written += len(new) + len(changed)
+                done += len(rows)
+                progress(done, total)
+            gone = list(stored)  # stored ids the source no longer has
+            for start in range(0, len(gone), 1_000):
+                self.client.delete(collection, ids=gone[start:start + 1_000])
+            result.deleted = len(gone)
+            self.client.flush(collection)
+            if not self.client.list_indexes(collection):
+                self.client.create_index(collection, self._index_params(done))
+                log(f"milvus {collection}: built {self.index_description(collection)} (COSINE) on {done:,} rows"
+                    + (" (Milvus Lite takes FLAT, IVF_FLAT and AUTOINDEX only; a Milvus server gets HNSW)"
+                       if self.lite else ""))
+            self.client.load_collection(collection)
+            result.rows = self.count(collection)
+            report[collection] = result
+        return report
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def count(self, collection: str) -> int:
+        if not self.client.has_collection(collection):
+            return 0
+        if not self.client.list_indexes(collection):  # a collection must be indexed and loaded to be queried
+            return int(self.client.get_collection_stats(collection)["row_count"])
+        self.client.load_collection(collection)
+        return int(self.client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def counts(self) -> dict[str, int]:
+        return {collection: self.count(collection) for collection in COLLECTIONS}
+
+    def ids(self, table: str) -> Iterator[str]:
+        if self.count(table) == 0:
+            return
+        iterator = self.client.query_iterator(table, batch_size=16_384, filter="", output_fields=["id"])
+        try:
+            while batch := iterator.next():
+                yield from (row["id"] for row in batch)
+        finally:
+            iterator.close()
+
+    def vector(self, vector_set: str, item: str) -> list[float] | None:
+        rows = self.client.get(_collection(vector_set), ids=[item], output_fields=["vector"])
+        return list(rows[0]["vector"]) if rows else None
+
+    def search(self, query: Query) -> list[Hit]:
+        collection = _collection(query.vector_set)
+        fields = list(VECTOR_SETS[query.vector_set].fields)
+        params = {"metric_type": "COSINE", "params": {"nprobe": NPROBE} if self.lite else HNSW_SEARCH}
+        # One extra row: ties at the k-th score are broken by id, like PostgreSQL's answer.
+        found = self.client.search(collection, [query.vector], limit=query.k + 1, filter=filter_expression(query),
+                                   output_fields=fields, search_params=params)[0]
+        return ordered((Hit(h["id"], float(h["distance"]), h["entity"].get("title", h["id"]),
+                            {f: h["entity"][f] for f in fields if f != "title"}) for h in found), query.k)
+
+    def checks(self, data: Path) -> dict:
+        """Per collection: the vector dimension against the embeddings file, the index, and whether
+        sampled items find themselves first."""
+        figures = {"dim_mismatch": 0, "missing_index": 0, "self_not_nearest": 0, "collections": {}}
+        for collection, set_name in COLLECTIONS.items():
+            path = VECTOR_SETS[set_name].path(data)
+            if not path.exists() or not self.client.has_collection(collection):
+                continue
+            fields = {f["name"]: f for f in self.client.describe_collection(collection)["fields"]}
+            dim = int(fields["vector"]["params"]["dim"])
+            indexed = bool(self.client.list_indexes(collection))
+            misses = self_misses(self, set_name, sample_ids(self.ids(collection))) if indexed else 0
+            figures["dim_mismatch"] += int(dim != h5_dim(path))
+            figures["missing_index"] += int(not indexed)
+            figures["self_not_nearest"] += misses
+            figures["collections"][collection] = {"dim": dim, "index": self.index_description(collection)
+                                                  if indexed else None, "self_not_nearest": misses}
+        return figures
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _rows(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f["ids"].shape[0])
+
+
+def _check_lists(fields, types: dict[str, str], collection: str) -> None:
+    import polars as pl
+
+    for name in (n for n, t in types.items() if t == "list"):
+        too_long = fields.filter(pl.col(name).list.len() > MAX_LIST)
+        if len(too_long):
+            raise ValueError(f"milvus {collection}: {name} of {too_long['id'][0]} has "
+                             f"{too_long[name].list.len()[0]} entries, more than the collection's {MAX_LIST}")
+
+
+def open_store(settings: Settings) -> MilvusStore:
+    return MilvusStore(settings)

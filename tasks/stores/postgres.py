@@ -1,0 +1,350 @@
+"""PostgreSQL + pgvector: the datasets as tables, the vectors in embedding tables with HNSW indexes.
+
+Tables: movies, users, platforms, availability and media_metadata (the guide seed's schema: tags
+TEXT[], the type's own fields in type_specific_data JSONB without nulls, GIN indexes), plus
+media_embeddings, catalog_embeddings and user_embeddings: id, the fields searches filter on, and
+embedding vector(d), d read from the embeddings file.
+
+Each table loads in one transaction: binary COPY into a staging table, then INSERT ... ON CONFLICT
+DO UPDATE ... WHERE the row IS DISTINCT FROM the stored one, then a DELETE of ids gone from the
+source. A rerun with unchanged data rewrites no row (xmin stays) and rebuilds no index; a load
+killed midway leaves each table as its last commit had it.
+
+HNSW (m 16, ef_construction 200, vector_cosine_ops) is built after the first bulk load, with
+maintenance_work_mem sized to hold the graph (rows x (4 d + 300) bytes x 1.25, at least 64 MB, at
+most a quarter of this machine's memory for the local server, 2 GB for a remote one: past that,
+pgvector's build spills and runs several times slower) and every core but one as parallel workers.
+Searches use hnsw.ef_search EF_SEARCH and iterative scans, so a filter does not cut the answer short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import polars as pl
+
+from tasks.progress import Progress
+from tasks.settings import Settings
+from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, vector_batches
+
+M, EF_CONSTRUCTION, EF_SEARCH = 16, 200, 100
+COPY_ROWS = 50_000  # rows read from a file per step
+
+
+def _metadata(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The guide seed's media_metadata: shared columns, and the type's own fields as JSON."""
+    shared = ["id", "type", "title", "description", "tags", "creator", "creation_date", "file_size", "content_text"]
+    own = [c for c in frame.collect_schema() if c not in shared]
+    return frame.select(*shared, type_specific_data=pl.struct(own).struct.json_encode())
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    file: str  # under the data dir
+    key: tuple[str, ...]
+    shape: object = None  # LazyFrame -> LazyFrame: the table's columns from the file
+    jsonb: tuple[str, ...] = ()  # text columns stored as jsonb (nulls stripped)
+    indexes: tuple[str, ...] = ()  # "USING gin (tags)", ...
+
+    def frame(self, data: Path) -> pl.LazyFrame:
+        frame = pl.scan_parquet(Path(data) / self.file)
+        return self.shape(frame) if self.shape else frame
+
+
+TABLES_RELATIONAL = [
+    Table("movies", "processed/movies.parquet", ("media_id",), indexes=("USING gin (genres)",)),
+    Table("users", "synthetic/users.parquet", ("user_id",), indexes=("(archetype)", "(country)")),
+    Table("platforms", "synthetic/platforms.parquet", ("platform_id",)),
+    Table("availability", "synthetic/availability.parquet", ("media_id", "platform_id"),
+          indexes=("(platform_id)", "USING gin (regions)")),
+    Table("media_metadata", "synthetic/media_catalog.parquet", ("id",), shape=_metadata, jsonb=("type_specific_data",),
+          indexes=("(type)", "(creation_date)", "USING gin (tags)", "USING gin (type_specific_data)")),
+]
+EMBEDDINGS = {"media_embeddings": "media", "catalog_embeddings": "catalog", "user_embeddings": "users"}
+TABLES = {**{t.name: Keys(t.file, t.key) for t in TABLES_RELATIONAL},
+          **{name: Keys(VECTOR_SETS[s].h5) for name, s in EMBEDDINGS.items()}}
+INPUTS = tuple(dict.fromkeys([t.file for t in TABLES_RELATIONAL] + [VECTOR_SETS[s].h5 for s in EMBEDDINGS.values()]))
+FIELD_TYPES = {"str": "text", "int": "int4", "list": "text[]"}
+# How the catalog (format_type) spells the short names this module uses.
+CATALOG_NAMES = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+                 "float8": "double precision", "bool": "boolean", "timestamptz": "timestamp with time zone",
+                 "timestamp": "timestamp without time zone"}
+
+
+def _catalog_name(short: str) -> str:
+    base, array = short.removesuffix("[]"), short.endswith("[]")
+    return CATALOG_NAMES.get(base, base) + ("[]" if array else "")
+
+
+def pg_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return pg_type(dtype.inner) + "[]"
+    if isinstance(dtype, pl.Datetime):
+        return "timestamptz" if dtype.time_zone else "timestamp"
+    for polars_type, name in ((pl.Int16, "int2"), (pl.Int32, "int4"), (pl.Int64, "int8"), (pl.Float32, "float4"),
+                              (pl.Float64, "float8"), (pl.Boolean, "bool"), (pl.String, "text"), (pl.Enum, "text"),
+                              (pl.Categorical, "text"), (pl.Date, "date")):
+        if isinstance(dtype, polars_type) or dtype == polars_type:
+            return name
+    raise TypeError(f"no PostgreSQL type for {dtype}")
+
+
+def _as_copyable(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String))
+
+
+def _safe_url(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
+
+
+class PostgresStore:
+    name = "postgres"
+
+    def __init__(self, settings: Settings):
+        import psycopg
+        from pgvector.psycopg import register_vector
+
+        self.local = settings.local_postgres
+        self.url = _safe_url(settings.postgres_dsn())
+        try:
+            self.conn = psycopg.connect(settings.postgres_dsn(), connect_timeout=10, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"postgres at {self.url} is unreachable: {str(exc).strip()}") from exc
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        register_vector(self.conn)
+
+    def target(self) -> str:
+        return self.url
+
+    # --- schema ------------------------------------------------------------------------------------
+
+    def _columns(self, table: str) -> dict[str, str]:
+        """The table's columns and their SQL types (vector(d) included), {} when it does not exist."""
+        rows = self.conn.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            (table,)).fetchall()
+        return dict(rows)
+
+    def _ensure(self, table: str, columns: dict[str, str], key: tuple[str, ...], indexes: tuple[str, ...]) -> None:
+        from psycopg import sql
+
+        existing = self._columns(table)
+        if existing and existing != {c: _catalog_name(t) for c, t in columns.items()}:
+            # Another dataset layout or another embedding model: the old rows cannot be compared.
+            self.conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+        self.conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items()),
+            sql.SQL(", ").join(map(sql.Identifier, key))))
+        for i, spec in enumerate(indexes):
+            # Index definitions are constants of this module, never input.
+            self.conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} " + spec).format(
+                sql.Identifier(f"{table}_idx{i}"), sql.Identifier(table)))
+
+    def _relational_columns(self, table: Table, data: Path) -> dict[str, str]:
+        schema = _as_copyable(table.frame(data).head(0).collect()).schema
+        return {c: "jsonb" if c in table.jsonb else pg_type(t) for c, t in schema.items()}
+
+    def _embedding_columns(self, set_name: str, data: Path) -> dict[str, str]:
+        vector_set = VECTOR_SETS[set_name]
+        return {"id": "text", **{f: FIELD_TYPES[t] for f, t in vector_set.fields.items()},
+                "embedding": f"vector({h5_dim(vector_set.path(data))})"}
+
+    def create_schema(self, data: Path) -> None:
+        for table in TABLES_RELATIONAL:
+            if (Path(data) / table.file).exists():
+                self._ensure(table.name, self._relational_columns(table, data), table.key, table.indexes)
+        for name, set_name in EMBEDDINGS.items():
+            if VECTOR_SETS[set_name].path(data).exists():
+                self._ensure(name, self._embedding_columns(set_name, data), ("id",), ())
+
+    # --- load --------------------------------------------------------------------------------------
+
+    def _sync(self, table: str, columns: dict[str, str], key: tuple[str, ...], batches: Iterator[list[tuple]],
+              total: int, log: Log, jsonb: tuple[str, ...] = ()) -> TableLoad:
+        """One transaction: COPY into staging, upsert what differs, delete what is gone."""
+        from psycopg import sql
+
+        names = list(columns)
+        staged = {c: "text" if c in jsonb else t for c, t in columns.items()}
+        ident = sql.Identifier(table)
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        values = sql.SQL(", ").join(
+            sql.SQL("jsonb_strip_nulls({}::jsonb)").format(sql.Identifier(c)) if c in jsonb else sql.Identifier(c)
+            for c in names)
+        rest = [c for c in names if c not in key]
+        keys = sql.SQL(", ").join(map(sql.Identifier, key))
+        progress = Progress(lambda m: log(f"postgres {table}: {m}"), "rows")
+        result = TableLoad()
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(sql.SQL("CREATE TEMP TABLE stage ({}) ON COMMIT DROP").format(sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in staged.items())))
+            done = 0
+            with cur.copy(sql.SQL("COPY stage ({}) FROM STDIN (FORMAT BINARY)").format(cols)) as copy:
+                copy.set_types([t.split("(")[0] for t in staged.values()])
+                for rows in batches:
+                    for row in rows:
+                        copy.write_row(row)
+                    done += len(rows)
+                    progress(done, total)
+            cur.execute(sql.SQL(
+                "INSERT INTO {t} ({cols}) SELECT {values} FROM stage ON CONFLICT ({keys}) DO UPDATE SET {sets} "
+                "WHERE ({old}) IS DISTINCT FROM ({new})").format(
+                t=ident, cols=cols, values=values, keys=keys,
+                sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in rest),
+                old=sql.SQL(", ").join(sql.SQL("{}.{}").format(ident, sql.Identifier(c)) for c in rest),
+                new=sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in rest)))
+            result.written = cur.rowcount
+            cur.execute(sql.SQL("DELETE FROM {t} WHERE NOT EXISTS (SELECT 1 FROM stage s WHERE ({sk}) = ({tk}))").format(
+                t=ident, sk=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(k)) for k in key),
+                tk=sql.SQL(", ").join(sql.SQL("{}.{}").format(ident, sql.Identifier(k)) for k in key)))
+            result.deleted = cur.rowcount
+        result.rows = self.count(table)
+        return result
+
+    def _maintenance_memory(self, rows: int, dim: int) -> str:
+        import psutil
+
+        need = int(rows * (4 * dim + 300) * 1.25)
+        ceiling = psutil.virtual_memory().total // 4 if self.local else 2 * 1024**3
+        return f"{max(64 * 1024**2, min(need, ceiling)) // 1024**2}MB"
+
+    def _build_index(self, table: str, rows: int, dim: int, log: Log) -> None:
+        import os
+
+        from psycopg import sql
+
+        index = f"{table}_hnsw"
+        if self.conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()[0] is not None:
+            return
+        memory = self._maintenance_memory(rows, dim)
+        log(f"postgres {table}: building HNSW (m {M}, ef_construction {EF_CONSTRUCTION}) on {rows:,} rows "
+            f"with maintenance_work_mem {memory}")
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
+            if self.local:
+                self.conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
+                                  (str(max(0, (os.cpu_count() or 1) - 1)),))
+            self.conn.execute(sql.SQL(
+                "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
+            ).format(sql.Identifier(index), sql.Identifier(table), sql.Literal(M), sql.Literal(EF_CONSTRUCTION)))
+
+    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+        self.create_schema(data)
+        report = {}
+        for table in TABLES_RELATIONAL:
+            if not (Path(data) / table.file).exists():
+                continue
+            frame = _as_copyable(table.frame(data).collect())
+            batches = (frame.slice(s, COPY_ROWS).rows() for s in range(0, len(frame), COPY_ROWS))
+            report[table.name] = self._sync(table.name, self._relational_columns(table, data), table.key, batches,
+                                            len(frame), log, table.jsonb)
+            del frame
+        for name, set_name in EMBEDDINGS.items():
+            vector_set = VECTOR_SETS[set_name]
+            if not vector_set.path(data).exists():
+                continue
+            columns = self._embedding_columns(set_name, data)
+
+            def rows(vs=vector_set) -> Iterator[list[tuple]]:
+                for fields, vectors in vector_batches(data, vs, COPY_ROWS):
+                    yield [(*row, vector) for row, vector in zip(fields.drop("digest").rows(), vectors)]
+
+            total = len(Keys(vector_set.h5).read(data))
+            report[name] = self._sync(name, columns, ("id",), rows(), total, log)
+            self._build_index(name, report[name].rows, h5_dim(vector_set.path(data)), log)
+        return report
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def count(self, table: str) -> int:
+        from psycopg import sql
+
+        if self.conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+            return 0
+        return self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        return {table: self.count(table) for table in TABLES}
+
+    def ids(self, table: str) -> Iterator[str]:
+        from psycopg import sql
+
+        if self.count(table) == 0:
+            return
+        key = next((t.key for t in TABLES_RELATIONAL if t.name == table), ("id",))
+        expr = sql.SQL(" || '/' || ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in key)
+        with self.conn.transaction(), self.conn.cursor(name=f"ids_{table}") as cur:  # streamed, server-side
+            cur.execute(sql.SQL("SELECT {} FROM {}").format(expr, sql.Identifier(table)))
+            while rows := cur.fetchmany(50_000):
+                yield from (r[0] for r in rows)
+
+    def vector(self, vector_set: str, item: str) -> list[float] | None:
+        from psycopg import sql
+
+        table = next(name for name, s in EMBEDDINGS.items() if s == vector_set)
+        row = self.conn.execute(sql.SQL("SELECT embedding FROM {} WHERE id = %s").format(sql.Identifier(table)),
+                                (item,)).fetchone()
+        return row[0].to_list() if row else None
+
+    def search(self, query: Query) -> list[Hit]:
+        from psycopg import sql
+
+        table = next(name for name, s in EMBEDDINGS.items() if s == query.vector_set)
+        fields = list(VECTOR_SETS[query.vector_set].fields)
+        where, params = [], {"q": np.asarray(query.vector, dtype=np.float32), "k": query.k + 1}
+        for column, op, value in (("type", "=", query.type), ("genres", "@>", query.genre),
+                                  ("platforms", "@>", query.platform), ("year", ">=", query.year_from),
+                                  ("year", "<=", query.year_to), ("id", "<>", query.exclude)):
+            if value is not None:
+                params[f"p{len(where)}"] = [value] if op == "@>" else value
+                where.append(sql.SQL("{} " + op + " {}").format(sql.Identifier(column),
+                                                                  sql.Placeholder(f"p{len(where)}")))
+        statement = sql.SQL("SELECT id, {fields}, 1 - (embedding <=> %(q)s) FROM {t} {where} "
+                            "ORDER BY embedding <=> %(q)s LIMIT %(k)s").format(
+            fields=sql.SQL(", ").join(map(sql.Identifier, fields)), t=sql.Identifier(table),
+            where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
+        with self.conn.transaction():
+            self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
+                              "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                              (str(max(EF_SEARCH, query.k + 1)),))
+            found = self.conn.execute(statement, params).fetchall()
+        hits = []
+        for row in found:
+            values = dict(zip(fields, row[1:-1]))
+            hits.append(Hit(row[0], float(row[-1]), values.pop("title", row[0]), values))
+        return ordered(hits, query.k)  # relaxed_order may return neighbours slightly out of order
+
+    def checks(self, data: Path) -> dict:
+        figures = {"dim_mismatch": 0, "missing_index": 0, "self_not_nearest": 0, "collections": {}}
+        for name, set_name in EMBEDDINGS.items():
+            path = VECTOR_SETS[set_name].path(data)
+            columns = self._columns(name)
+            if not path.exists() or not columns:
+                continue
+            dim = int(columns["embedding"].removeprefix("vector(").rstrip(")"))
+            indexed = self.conn.execute("SELECT to_regclass(%s)", (f"{name}_hnsw",)).fetchone()[0] is not None
+            misses = self_misses(self, set_name, sample_ids(self.ids(name)))
+            figures["dim_mismatch"] += int(dim != h5_dim(path))
+            figures["missing_index"] += int(not indexed)
+            figures["self_not_nearest"] += misses
+            figures["collections"][name] = {"dim": dim, "index": f"hnsw m {M} ef_construction {EF_CONSTRUCTION}"
+                                            if indexed else None, "self_not_nearest": misses}
+        return figures
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_store(settings: Settings) -> PostgresStore:
+    return PostgresStore(settings)

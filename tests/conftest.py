@@ -13,6 +13,9 @@ import pytest
 
 from tasks import services
 from tasks.settings import Settings
+from tasks.stores import STORES
+
+STORE_NAMES = list(STORES)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,4 +83,38 @@ def small_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
         generate("small", cache, seed=7)
     copy = tmp_path_factory.mktemp("release") / "ml-small"
     shutil.copytree(cache, copy)
+    return copy
+
+
+@pytest.fixture()
+def store_env(running_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The environment a user sets to reach their stores, pointing at the session's servers: flows
+    and store tasks read the store settings from it."""
+    monkeypatch.setenv("MG_POSTGRES_PORT", str(running_services.postgres_port))
+    monkeypatch.setenv("MG_BOLT_PORT", str(running_services.bolt_port))
+    monkeypatch.setenv("MG_SERVICES_DIR", str(running_services.services_dir))
+    return running_services
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(running_services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir through ingest, synthetic (300 catalog items) and embed, made once by the project's
+    own CLI (a generated small release: 9,742 movies, 610 users). Copy it before changing it."""
+    import subprocess
+    import sys
+
+    data = tmp_path_factory.mktemp("pipeline") / "data"
+    env = {**os.environ, "PREFECT_API_URL": running_services.prefect_api_url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    subprocess.run([sys.executable, "-m", "flows.full", "--data-dir", str(data), "--catalog-size", "300",
+                    "--skip-validate", *(f"--no-{name}" for name in STORE_NAMES)],
+                   cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    return data
+
+
+@pytest.fixture()
+def store_data(pipeline_data: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the pipeline data (without any store state)."""
+    copy = tmp_path / "data"
+    shutil.copytree(pipeline_data, copy, ignore=shutil.ignore_patterns(".prefect-results", "stores", "milvus.db"))
     return copy

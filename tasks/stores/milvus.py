@@ -130,9 +130,20 @@ class MilvusStore:
 
     # --- load --------------------------------------------------------------------------------------
 
-    def _stored_digests(self, collection: str) -> dict[str, int]:
-        if self.count(collection) == 0:
+    def _ready(self, collection: str, rows: int, log: Log) -> None:
+        """Indexed (built after the first load, on the rows it brought) and loaded: queryable."""
+        if not self.client.list_indexes(collection):
+            self.client.create_index(collection, self._index_params(rows))
+            log(f"milvus {collection}: built {self.index_description(collection)} (COSINE) on {rows:,} rows"
+                + (" (Milvus Lite takes FLAT, IVF_FLAT and AUTOINDEX only; a Milvus server gets HNSW)"
+                   if self.lite else ""))
+        self.client.load_collection(collection)
+
+    def _stored_digests(self, collection: str, log: Log) -> dict[str, int]:
+        rows = self.count(collection)
+        if rows == 0:
             return {}
+        self._ready(collection, rows, log)  # rows from a load killed before its index was built
         stored: dict[str, int] = {}
         iterator = self.client.query_iterator(collection, batch_size=16_384, filter="", output_fields=["digest"])
         try:
@@ -155,7 +166,7 @@ class MilvusStore:
             vector_set = VECTOR_SETS[set_name]
             if not vector_set.path(data).exists():
                 continue
-            stored = self._stored_digests(collection)
+            stored = self._stored_digests(collection, log)
             result = TableLoad()
             total = _rows(vector_set.path(data))
             progress = Progress(lambda m, c=collection: log(f"milvus {c}: {m}"), "rows")
@@ -180,12 +191,7 @@ class MilvusStore:
                 self.client.delete(collection, ids=gone[start:start + 1_000])
             result.deleted = len(gone)
             self.client.flush(collection)
-            if not self.client.list_indexes(collection):
-                self.client.create_index(collection, self._index_params(done))
-                log(f"milvus {collection}: built {self.index_description(collection)} (COSINE) on {done:,} rows"
-                    + (" (Milvus Lite takes FLAT, IVF_FLAT and AUTOINDEX only; a Milvus server gets HNSW)"
-                       if self.lite else ""))
-            self.client.load_collection(collection)
+            self._ready(collection, done, log)
             result.rows = self.count(collection)
             report[collection] = result
         return report
@@ -197,7 +203,7 @@ class MilvusStore:
             return 0
         if not self.client.list_indexes(collection):  # a collection must be indexed and loaded to be queried
             return int(self.client.get_collection_stats(collection)["row_count"])
-        self.client.load_collection(collection)
+        self.client.load_collection(collection)  # a no-op when loaded
         return int(self.client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
 
     def counts(self) -> dict[str, int]:

@@ -1,0 +1,227 @@
+"""The stores against real servers: PostgreSQL+pgvector (the session's server) and Milvus Lite files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+import polars as pl
+import psycopg
+import pytest
+
+from tasks.settings import Settings
+from tasks.stores import STORES
+from tasks.stores.base import Query, Store
+from tasks.stores.loading import ReconciliationFailed, check_store, load_store, recheck_stores, reconcile
+from tasks.stores.sources import VECTOR_SETS, h5_ids
+from tests.conftest import ROOT
+
+SEARCHABLE = [name for name, spec in STORES.items() if spec.built]
+
+
+@pytest.fixture()
+def pg_url(store_env: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database on the session's server for this test, given as a user gives a remote one."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    password = store_env.local_password.get_secret_value()
+    admin = f"postgresql://mediagw:{password}@127.0.0.1:{store_env.postgres_port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # a generated identifier, not input
+    url = f"postgresql://mediagw:{password}@127.0.0.1:{store_env.postgres_port}/{name}"
+    monkeypatch.setenv("MG_POSTGRES_URL", url)
+    return url
+
+
+def settings_for(data: Path) -> Settings:
+    return Settings(data_dir=data)
+
+
+def opened(name: str, data: Path) -> Store:
+    return STORES[name].open(settings_for(data))
+
+
+def source_counts(data: Path, name: str) -> dict[str, int]:
+    return {table: len(keys.read(data)) for table, keys in STORES[name].implementation().TABLES.items()}
+
+
+def xmins(url: str) -> dict[str, list]:
+    with psycopg.connect(url) as conn:
+        return {t: conn.execute(f"SELECT xmin::text FROM {t} ORDER BY 1").fetchall()  # noqa: S608 - fixed names
+                for t in ("movies", "users", "media_metadata", "media_embeddings", "catalog_embeddings")}
+
+
+def test_registry_names_each_store_once_with_its_module():
+    assert list(STORES) == ["milvus", "postgres", "neo4j", "agentdb"]
+    for spec in STORES.values():
+        assert spec.flag == f"--no-{spec.name}"
+        if spec.built:
+            module = spec.implementation()
+            assert callable(module.open_store) and module.TABLES and module.INPUTS
+        else:
+            assert spec.issue
+
+
+def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
+    data = store_data
+    logs: list[str] = []
+    for name in ("milvus", "postgres"):
+        summary = load_store(settings_for(data), name, logs.append)
+        assert summary["status"] == "loaded"
+        store = opened(name, data)
+        try:
+            assert store.counts() == source_counts(data, name)
+            assert all(not r["missing"] and not r["extra"] for r in reconcile(store, data).values())
+        finally:
+            store.close()
+    assert any("IVF_FLAT" in line and "Milvus Lite takes" in line for line in logs)  # the index it chose, said
+    before = xmins(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        index_oid = conn.execute("SELECT 'media_embeddings_hnsw'::regclass::oid").fetchone()[0]
+
+    # Unchanged inputs: the load is skipped; forced (state removed), it still writes nothing.
+    assert load_store(settings_for(data), "postgres", logs.append)["status"] == "unchanged"
+    for name in ("milvus", "postgres"):
+        (data / "stores" / f"{name}.state.json").unlink()
+        summary = load_store(settings_for(data), name, logs.append)
+        assert all(t["written"] == 0 and t["deleted"] == 0 for t in summary["tables"].values()), summary
+    assert xmins(pg_url) == before
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT 'media_embeddings_hnsw'::regclass::oid").fetchone()[0] == index_oid
+
+    # One movie's vector changes, one catalog item is removed from the source.
+    media = VECTOR_SETS["media"].path(data)
+    changed = h5_ids(media)[3]
+    with h5py.File(media, "r+") as f:
+        new_vector = -f["embeddings"][3]
+        f["embeddings"][3] = new_vector
+    catalog = data / "synthetic" / "media_catalog.parquet"
+    frame = pl.read_parquet(catalog)
+    removed = frame["id"][7]
+    frame.filter(pl.col("id") != removed).write_parquet(catalog)
+    with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
+        ids, vectors = f["ids"][:], f["embeddings"][:]
+    keep = np.array([i.decode() != removed for i in ids])
+    removed_vector = vectors[~keep][0]
+    with h5py.File(VECTOR_SETS["catalog"].path(data), "w") as f:
+        f.create_dataset("ids", data=ids[keep], dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=vectors[keep])
+        f.attrs.update(model="all-MiniLM-L6-v2", dim=vectors.shape[1], normalized=True)
+
+    for name, vector_table, catalog_tables in (("milvus", "media_vectors", ["catalog_vectors"]),
+                                               ("postgres", "media_embeddings", ["catalog_embeddings", "media_metadata"])):
+        summary = load_store(settings_for(data), name, logs.append)["tables"]
+        assert summary[vector_table]["written"] == 1
+        assert all(summary[t]["deleted"] == 1 for t in catalog_tables)
+        store = opened(name, data)
+        try:
+            assert np.allclose(store.vector("media", changed), new_vector, atol=1e-6)
+            assert store.vector("catalog", removed) is None
+            hits = store.search(Query(vector=removed_vector.tolist(), vector_set="catalog", k=10))
+            assert removed not in [h.id for h in hits]  # a dropped item is not searchable
+            assert store.counts() == source_counts(data, name)
+        finally:
+            store.close()
+    after = xmins(pg_url)
+    assert after["movies"] == before["movies"] and after["users"] == before["users"]  # untouched tables stay
+
+
+def test_a_load_killed_midway_ends_exact_on_rerun(store_data, pg_url):
+    data = store_data
+    script = ("import sys; from pathlib import Path; from tasks.settings import Settings; "
+              "from tasks.stores.loading import load_store; "
+              "load_store(Settings(data_dir=Path(sys.argv[1])), sys.argv[2], lambda m: print(m, flush=True))")
+    for name, marker in (("postgres", "postgres availability"), ("milvus", "milvus media_vectors")):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(data), name], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True, env=os.environ)
+        for line in proc.stdout:
+            if marker in line:
+                break
+        os.killpg(proc.pid, signal.SIGKILL)  # the loader and Milvus Lite's server with it
+        proc.wait()
+        time.sleep(0.5)
+        assert not (data / "stores" / f"{name}.state.json").exists()
+        assert load_store(settings_for(data), name, print)["status"] == "loaded"
+        store = opened(name, data)
+        try:
+            assert store.counts() == source_counts(data, name)
+            check_store(store, data)  # reconciles: raises on a missing or extra id
+        finally:
+            store.close()
+
+
+def exact_top(data: Path, vector_set: str, query: np.ndarray, keep: np.ndarray, k: int) -> list[str]:
+    with h5py.File(VECTOR_SETS[vector_set].path(data), "r") as f:
+        ids, vectors = np.array(h5_ids(VECTOR_SETS[vector_set].path(data))), f["embeddings"][:]
+    scores = np.where(keep, vectors @ query, -np.inf)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [ids[i] for i in order if np.isfinite(scores[i])]
+
+
+def test_filters_return_only_matching_items_with_recall(store_data, pg_url):
+    data = store_data
+    for name in SEARCHABLE:
+        load_store(settings_for(data), name, print)
+    movies = pl.read_parquet(data / "processed" / "movies.parquet")
+    listings = pl.read_parquet(data / "synthetic" / "availability.parquet")
+    catalog = pl.read_parquet(data / "synthetic" / "media_catalog.parquet")
+    media_ids = h5_ids(VECTOR_SETS["media"].path(data))
+    catalog_ids = h5_ids(VECTOR_SETS["catalog"].path(data))
+    year = dict(zip(movies["media_id"], movies["year"]))
+    genres = dict(zip(movies["media_id"], movies["genres"].to_list()))
+    on_netflix = set(listings.filter(pl.col("platform_id") == "netflix")["media_id"])
+    kind = dict(zip(catalog["id"], catalog["type"]))
+    with h5py.File(VECTOR_SETS["media"].path(data), "r") as f:
+        probe = f["embeddings"][11]
+    with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
+        catalog_probe = f["embeddings"][5]
+    cases = [
+        (Query(vector=probe.tolist(), k=10, genre="Comedy"), lambda i: "Comedy" in genres[i],
+         np.array(["Comedy" in genres[i] for i in media_ids])),
+        (Query(vector=probe.tolist(), k=10, year_from=1990, year_to=1995),
+         lambda i: year[i] is not None and 1990 <= year[i] <= 1995,
+         np.array([year[i] is not None and 1990 <= year[i] <= 1995 for i in media_ids])),
+        (Query(vector=probe.tolist(), k=10, platform="netflix"), lambda i: i in on_netflix,
+         np.array([i in on_netflix for i in media_ids])),
+        (Query(vector=catalog_probe.tolist(), vector_set="catalog", k=10, type="audio"),
+         lambda i: kind[i] == "audio", np.array([kind[i] == "audio" for i in catalog_ids])),
+        (Query(vector=probe.tolist(), k=10), lambda i: True, np.ones(len(media_ids), bool)),
+    ]
+    answers = {}
+    for name in SEARCHABLE:
+        store = opened(name, data)
+        try:
+            for n, (query, matches, keep) in enumerate(cases):
+                hits = store.search(query)
+                assert len(hits) == 10, (name, query)
+                assert all(matches(h.id) for h in hits), (name, query)
+                assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+                vector = np.asarray(query.vector, np.float32)
+                truth = exact_top(data, query.vector_set, vector, keep, 10)
+                recall = len({h.id for h in hits} & set(truth)) / len(truth)
+                assert recall >= 0.9, (name, query, recall)
+                answers.setdefault(n, {})[name] = [h.id for h in hits]
+        finally:
+            store.close()
+    for n, by_store in answers.items():  # the same shape and, at this size, the same answer
+        assert by_store["milvus"][:5] == by_store["postgres"][:5], n
+
+
+def test_reconciliation_names_a_planted_missing_id_and_a_wiped_row_is_reloaded(store_data, pg_url):
+    data = store_data
+    load_store(settings_for(data), "postgres", print)
+    victim = h5_ids(VECTOR_SETS["media"].path(data))[42]
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("DELETE FROM media_embeddings WHERE id = %s", (victim,))
+    with pytest.raises(ReconciliationFailed, match=f"postgres media_embeddings: 1 source ids missing \\(e.g. {victim}\\)"):
+        recheck_stores(data)
+    # The store's counts no longer match its last load: the next load is not skipped, and restores it.
+    summary = load_store(settings_for(data), "postgres", print)
+    assert summary["status"] == "loaded" and summary["tables"]["media_embeddings"]["written"] == 1
+    assert recheck_stores(data) == ["postgres"]

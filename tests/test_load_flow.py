@@ -12,7 +12,6 @@ from prefect.client.schemas.sorting import TaskRunSort
 
 from flows.load import load_flow, main
 from tasks.stores import STORES
-from tests.conftest import free_port
 from tests.test_stores import pg_url  # noqa: F401 - the fixture
 
 BUILT = [name for name, spec in STORES.items() if spec.built]
@@ -42,34 +41,3 @@ def test_loads_run_at_once_under_their_concurrency_limits(prefect_server, store_
     # A rerun with unchanged inputs and stores writes nothing.
     rows = load_flow(str(store_data))
     assert {r["stage"]: r["status"] for r in rows if r["stage"] in BUILT} == {n: "unchanged" for n in BUILT}
-
-
-def test_a_store_that_stays_down_fails_alone_and_names_itself(prefect_server, store_env, store_data, monkeypatch,
-                                                              capsys, caplog):
-    port = free_port()
-    monkeypatch.setenv("MG_POSTGRES_URL", f"postgresql://mediagw:sekret-pw@127.0.0.1:{port}/mediagw")
-    assert main(["--data-dir", str(store_data)]) == 1
-    err = capsys.readouterr().err
-    assert f"postgres load failed: postgres at postgresql://mediagw@127.0.0.1:{port}/mediagw is unreachable" in err
-    assert "sekret-pw" not in err and "sekret-pw" not in caplog.text
-    # The other store's load finished.
-    assert (store_data / "stores" / "milvus.state.json").exists()
-    assert not (store_data / "stores" / "postgres.state.json").exists()
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=20)
-        postgres = next(r for r in runs if r.name == "load-postgres")
-        assert postgres.state.is_failed() and postgres.run_count == 4  # retried with backoff: 3 retries
-
-
-def test_validate_load_stage_checks_the_stores_again(prefect_server, store_data, pg_url, capsys):  # noqa: F811
-    import psycopg
-
-    from flows.validate import main as validate
-
-    load_flow(str(store_data), skip_stores=["milvus"])
-    assert validate(["--data-dir", str(store_data), "--stage", "load"]) == 0
-    with psycopg.connect(pg_url) as conn:
-        conn.execute("INSERT INTO platforms (platform_id, name) VALUES ('bogus', 'Bogus')")
-    capsys.readouterr()
-    assert validate(["--data-dir", str(store_data), "--stage", "load"]) == 1
-    assert "postgres platforms: 1 ids not in the source (e.g. bogus)" in capsys.readouterr().err

@@ -67,7 +67,9 @@ def status(report: dict, suite: str) -> str:
 
 def test_every_suite_passes_on_good_data(good_data):
     report = validate(good_data)
-    assert {s["suite"]: s["status"] for s in report["suites"]} == {s["name"]: "pass" for s in load_suites()}
+    # Store suites check loaded stores (tests/test_load_flow.py); on a data dir without loads they are absent.
+    assert {s["suite"]: s["status"] for s in report["suites"]} == {
+        s["name"]: "skipped (no dataset)" if s["meta"]["dataset"].startswith("stores/") else "pass" for s in load_suites()}
     assert report["critical_failures"] == 0 and first_failure(report) is None
     assert "movies" in (good_data / "reports" / "data_docs" / "index.html").read_text()
     on_disk = json.loads((good_data / "reports" / "validation_report.json").read_text())

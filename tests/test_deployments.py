@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.deployments import run_deployment
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, STORE_NAMES
 
 BIN = Path(sys.executable).parent
 
@@ -75,7 +75,7 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
     flow_run = run_deployment(
         "full-refresh/full-refresh", timeout=0,
         parameters={"data_dir": str(data_dir), "skip_synthetic": True, "skip_embed": True, "skip_validate": True,
-                    "no_milvus": True, "no_postgres": True, "no_neo4j": True, "no_agentdb": True},
+                    "skip_stores": STORE_NAMES},
     )
     worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--run-once"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

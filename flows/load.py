@@ -20,9 +20,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import load_settings, prefect_api, run_cli
+from tasks.caching import result_storage
 from tasks.errors import PipelineError
 from tasks.stores import STORES
 from tasks.stores.loading import ensure_concurrency_limits, load_store_task
+from tasks.validation import validated
 
 StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type] - the registry's names, for the deployment form
 
@@ -90,15 +92,11 @@ def load_flow(data_dir: str = "data", skip_stores: list[StoreName] | None = None
         data_dir: root of the pipeline's files (processed/, synthetic/, embeddings/).
         skip_stores: stores not to load.
     """
-    from tasks.validation import validated
-
     data = Path(data_dir)
     rows = run_loads(data, skip_stores)
     create_markdown_artifact(key="load-summary", markdown=summary_markdown("Loads", data, rows),
                              description="What each store's load did")
     raise_on_failed(rows)
-    from tasks.caching import result_storage
-
     validated(data, "load", True, result_storage(data))
     return rows
 

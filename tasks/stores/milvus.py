@@ -20,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
-from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, vector_batches
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
 
 COLLECTIONS = {"media_vectors": "media", "user_vectors": "users", "catalog_vectors": "catalog"}
 TABLES = {name: Keys(VECTOR_SETS[s].h5) for name, s in COLLECTIONS.items()}
@@ -168,7 +169,7 @@ class MilvusStore:
                 continue
             stored = self._stored_digests(collection, log)
             result = TableLoad()
-            total = _rows(vector_set.path(data))
+            total = h5_rows(vector_set.path(data))
             progress = Progress(lambda m, c=collection: log(f"milvus {c}: {m}"), "rows")
             done = 0
             for fields, vectors in vector_batches(data, vector_set, READ_ROWS):
@@ -256,20 +257,13 @@ class MilvusStore:
         self.client.close()
 
 
-def _rows(path: Path) -> int:
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        return int(f["ids"].shape[0])
-
-
 def _check_lists(fields, types: dict[str, str], collection: str) -> None:
     import polars as pl
 
     for name in (n for n, t in types.items() if t == "list"):
         too_long = fields.filter(pl.col(name).list.len() > MAX_LIST)
         if len(too_long):
-            raise ValueError(f"milvus {collection}: {name} of {too_long['id'][0]} has "
+            raise PipelineError(f"milvus {collection}: {name} of {too_long['id'][0]} has "
                              f"{too_long[name].list.len()[0]} entries, more than the collection's {MAX_LIST}")
 
 

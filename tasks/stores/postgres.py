@@ -30,7 +30,7 @@ import polars as pl
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
-from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, vector_batches
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 200, 100
 COPY_ROWS = 50_000  # rows read from a file per step
@@ -260,7 +260,7 @@ class PostgresStore:
                 for fields, vectors in vector_batches(data, vs, COPY_ROWS):
                     yield [(*row, vector) for row, vector in zip(fields.drop("digest").rows(), vectors)]
 
-            total = len(Keys(vector_set.h5).read(data))
+            total = h5_rows(vector_set.path(data))  # a count, without reading every id
             report[name] = self._sync(name, columns, ("id",), rows(), total, log)
             self._build_index(name, report[name].rows, h5_dim(vector_set.path(data)), log)
         return report

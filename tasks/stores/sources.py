@@ -53,6 +53,11 @@ def h5_ids(path: Path) -> list[str]:
         return [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
 
 
+def h5_rows(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(f["ids"].shape[0])
+
+
 def h5_dim(path: Path) -> int:
     with h5py.File(path, "r") as f:
         return int(f.attrs.get("dim", f["embeddings"].shape[1]))

@@ -12,8 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from tasks import services
 from tasks.settings import Settings
+from tasks.stores import STORES
+from tasks.stores.loading import ensure_concurrency_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 # Pool -> (type, base job template). local-process runs flows beside the worker; a100-gpu runs the
@@ -40,7 +44,11 @@ def deploy(settings: Settings) -> None:
         extra = ("--base-job-template", str(template)) if template else ()
         prefect_cli("work-pool", "create", pool, "--type", pool_type, *extra, "--overwrite", env=env)
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
-    print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}")
+    built = [name for name, spec in STORES.items() if spec.built]
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        ensure_concurrency_limits(built)
+    print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}; "
+          f"concurrency limits: {', '.join(STORES[name].concurrency_limit() for name in built)}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
+from tasks.stores import STORES
 from tests.conftest import ROOT, STORE_NAMES
 
 BIN = Path(sys.executable).parent
@@ -21,11 +23,21 @@ BIN = Path(sys.executable).parent
 
 def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    limits = [spec.concurrency_limit() for spec in STORES.values() if spec.built]
+    with get_client(sync_client=True) as client:  # another test's flow may have made them already
+        for name in limits:
+            try:
+                client.delete_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                pass
     deployed = subprocess.run([sys.executable, "-m", "deployments.deploy"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
 
     with get_client(sync_client=True) as client:
+        # One global concurrency limit per built store, one load at a time.
+        assert {name: client.read_global_concurrency_limit_by_name(name).limit for name in limits} == \
+            {name: 1 for name in limits}
         deployment = client.read_deployment_by_name("full-refresh/full-refresh")
         assert deployment.work_pool_name == "local-process"
         assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [("0 3 * * *", "UTC")]

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 
+import psycopg
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, TaskRunFilter, \
-    TaskRunFilterFlowRunId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, LogFilter, \
+    LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.load import load_flow, main
+from flows.load import load_flow
+from flows.load import main as load_main
+from flows.validate import main as validate_main
 from tasks.stores import STORES
+from tests.conftest import free_port
 from tests.test_stores import pg_url  # noqa: F401 - the fixture
 
 BUILT = [name for name, spec in STORES.items() if spec.built]
@@ -41,3 +45,36 @@ def test_loads_run_at_once_under_their_concurrency_limits(prefect_server, store_
     # A rerun with unchanged inputs and stores writes nothing.
     rows = load_flow(str(store_data))
     assert {r["stage"]: r["status"] for r in rows if r["stage"] in BUILT} == {n: "unchanged" for n in BUILT}
+
+
+def test_a_store_that_stays_down_fails_alone_and_names_its_url(prefect_server, store_data, store_env, monkeypatch,
+                                                               capsys):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MG_POSTGRES_URL", f"postgresql://mediagw:sekret-pw@127.0.0.1:{port}/mediagw")
+    assert load_main(["--data-dir", str(store_data)]) == 1
+    err = capsys.readouterr().err
+    assert f"postgres load failed: postgres at postgresql://mediagw@127.0.0.1:{port}/mediagw is unreachable" in err
+    assert "sekret-pw" not in err
+    assert json.loads((store_data / "stores" / "milvus.state.json").read_text())["counts"]["media_vectors"] == 9_742
+
+    with get_client(sync_client=True) as client:
+        run = client.read_task_runs(task_run_filter=TaskRunFilter(name={"any_": ["load-postgres"]}),
+                                    sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=1)[0]
+        assert (run.state_name, run.run_count) == ("Failed", 4)  # the first try and three retries
+        milvus = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name={"any_": ["load-milvus"]}, flow_run_id=TaskRunFilterFlowRunId(any_=[run.flow_run_id])))[0]
+        assert milvus.state_name == "Completed"
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.flow_run_id])))
+    text = "\n".join(log.message for log in logs)
+    assert f"postgres at postgresql://mediagw@127.0.0.1:{port}/mediagw is unreachable" in text
+    assert "sekret-pw" not in text
+
+
+def test_validate_load_stage_names_a_row_the_source_lacks(prefect_server, store_data, pg_url, capsys):  # noqa: F811
+    rows = load_flow(str(store_data), skip_stores=[n for n in STORES if n != "postgres"])
+    assert {r["stage"]: r["status"] for r in rows}["postgres"] == "loaded"
+    assert validate_main(["--data-dir", str(store_data), "--stage", "load"]) == 0
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("INSERT INTO platforms (platform_id, name) VALUES ('bogus', 'Bogus')")
+    assert validate_main(["--data-dir", str(store_data), "--stage", "load"]) == 1
+    assert "postgres platforms: 1 ids not in the source (e.g. bogus)" in capsys.readouterr().err

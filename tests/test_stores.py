@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,9 @@ import numpy as np
 import polars as pl
 import psycopg
 import pytest
+from pymilvus.client import connection_manager
 
+from flows.search import main as search_main
 from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Query, Store
@@ -164,7 +167,7 @@ def exact_top(data: Path, vector_set: str, query: np.ndarray, keep: np.ndarray, 
     return [ids[i] for i in order if np.isfinite(scores[i])]
 
 
-def test_filters_return_only_matching_items_with_recall(store_data, pg_url):
+def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store_data, pg_url, capsys, monkeypatch):
     data = store_data
     for name in SEARCHABLE:
         load_store(settings_for(data), name, print)
@@ -211,6 +214,43 @@ def test_filters_return_only_matching_items_with_recall(store_data, pg_url):
             store.close()
     for n, by_store in answers.items():  # the same shape and, at this size, the same answer
         assert by_store["milvus"][:5] == by_store["postgres"][:5], n
+
+    # The CLI: a text embedded with the stored model's query prefix, filters, either store, one shape.
+    def cli(*args: str) -> tuple[int, list[dict], str]:
+        code = search_main([*args, "--data-dir", str(data), "--json"])
+        out, err = capsys.readouterr()
+        return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+    shown = {}
+    for name in SEARCHABLE:
+        code, hits, err = cli("space adventure", "--store", name, "--genre", "Comedy", "--year-from", "1990", "-k", "5")
+        assert code == 0, err
+        assert len(hits) == 5 and set(hits[0]) == {"id", "score", "title", "fields"}
+        assert all("Comedy" in h["fields"]["genres"] and h["fields"]["year"] >= 1990 for h in hits)
+        assert hits[0]["title"] == movies.filter(pl.col("media_id") == hits[0]["id"])["title"][0]
+        shown[name] = [h["id"] for h in hits]
+        code, hits, err = cli("--like", "ml_1", "--store", name, "--year-to", "2000")
+        assert code == 0, err
+        assert len(hits) == 10 and "ml_1" not in {h["id"] for h in hits}
+        assert all(1 <= h["fields"]["year"] <= 2000 for h in hits)  # year 0 (unknown) is not "up to 2000"
+        code, hits, err = cli("--like", "ml_999999", "--store", name)
+        assert code == 1 and "--like ml_999999: no such item" in err
+    assert len(set(shown["milvus"]) & set(shown["postgres"])) >= 4, shown
+    code, _, err = cli("jazz", "--type", "audio", "--genre", "Comedy")
+    assert code == 1 and "--type filters the media catalog" in err
+
+    # Reopened in the same process once its connection has gone idle (a worker; a load, then a check),
+    # the Milvus Lite file is still reachable (pymilvus's shared connection was not: 30 s idle here).
+    monkeypatch.setattr(connection_manager, "IDLE_THRESHOLD_SECONDS", 0)
+    first = opened("milvus", data)
+    counts = first.counts()
+    first.close()
+    time.sleep(5)
+    again = opened("milvus", data)
+    try:
+        assert again.counts() == counts
+    finally:
+        again.close()
 
 
 def test_reconciliation_names_a_planted_missing_id_and_a_wiped_row_is_reloaded(store_data, pg_url):

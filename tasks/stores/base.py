@@ -37,6 +37,14 @@ class Query:
     platform: str | None = None
     exclude: str | None = None  # the --like item itself
 
+    def conditions(self) -> list[tuple[str, str, str | int]]:
+        """The filters as (field, operator, value), operators ==, contains (a list field), >=, <=, !=;
+        each store writes them in its own query language."""
+        wanted = [("type", "==", self.type), ("genres", "contains", self.genre),
+                  ("platforms", "contains", self.platform), ("year", ">=", self.year_from),
+                  ("year", "<=", self.year_to), ("id", "!=", self.exclude)]
+        return [(name, op, value) for name, op, value in wanted if value is not None]
+
 
 @dataclass(frozen=True)
 class Hit:

@@ -24,6 +24,13 @@ from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Log, Store
 
+# Every built store's module is imported now, before any flow runs: pymilvus reconfigures logging on
+# import (logging.config.dictConfig flushes every handler under logging's lock), which deadlocks with
+# Prefect's API log handler when it happens inside a task while another task logs.
+for _spec in STORES.values():
+    if _spec.built:
+        _spec.implementation()
+
 LOAD_VERSION = "load-1"  # bump when a store's layout changes: every store is then reloaded
 SAMPLE_IDS = 5  # missing or extra ids named per table
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
 
 from tasks.errors import PipelineError
 from tasks.progress import Progress
@@ -50,36 +53,24 @@ def _literal(value: str | int) -> str:
 
 def filter_expression(query: Query) -> str:
     """The Milvus boolean expression of a query's filters ("" for none)."""
-    terms = []
-    if query.type is not None:
-        terms.append(f"type == {_literal(query.type)}")
-    if query.genre is not None:
-        terms.append(f"array_contains(genres, {_literal(query.genre)})")
-    if query.platform is not None:
-        terms.append(f"array_contains(platforms, {_literal(query.platform)})")
-    if query.year_from is not None:
-        terms.append(f"year >= {_literal(query.year_from)}")
-    if query.year_to is not None:
-        terms.append(f"year <= {_literal(query.year_to)}")
-    if query.exclude is not None:
-        terms.append(f"id != {_literal(query.exclude)}")
-    return " and ".join(terms)
+    return " and ".join(f"array_contains({name}, {_literal(value)})" if op == "contains"
+                        else f"{name} {op} {_literal(value)}" for name, op, value in query.conditions())
 
 
 class MilvusStore:
     name = "milvus"
 
     def __init__(self, settings: Settings):
-        from pymilvus import MilvusClient
-        from pymilvus.exceptions import MilvusException
-
         self.uri = settings.milvus_target()
         self.lite = "://" not in self.uri
         if self.lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
         try:
-            self.client = MilvusClient(uri=self.uri, token=token, timeout=30)
+            # Its own connection: pymilvus shares one per URI and, once idle 30 s, "recovers" it by
+            # reconnecting to a Milvus Lite server that closed with the last client: a store reopened
+            # in the same process (a worker, a load then a check) failed as unreachable.
+            self.client = MilvusClient(uri=self.uri, token=token, timeout=30, dedicated=True)
         except (MilvusException, OSError) as exc:
             raise StoreUnavailable(f"milvus at {self.target()} is unreachable: {exc}") from exc
 
@@ -103,8 +94,6 @@ class MilvusStore:
         return f"{index['index_type']} " + ", ".join(f"{k} {index[k]}" for k in keys if k in index)
 
     def create_schema(self, data: Path) -> None:
-        from pymilvus import DataType, MilvusClient
-
         for collection, set_name in COLLECTIONS.items():
             vector_set = VECTOR_SETS[set_name]
             if not vector_set.path(data).exists():
@@ -134,8 +123,11 @@ class MilvusStore:
     def _ready(self, collection: str, rows: int, log: Log) -> None:
         """Indexed (built after the first load, on the rows it brought) and loaded: queryable."""
         if not self.client.list_indexes(collection):
+            started = time.perf_counter()
             self.client.create_index(collection, self._index_params(rows))
-            log(f"milvus {collection}: built {self.index_description(collection)} (COSINE) on {rows:,} rows"
+            self.client.load_collection(collection)  # the index is built as the collection loads
+            log(f"milvus {collection}: built {self.index_description(collection)} (COSINE) on {rows:,} rows "
+                f"in {time.perf_counter() - started:.1f} s"
                 + (" (Milvus Lite takes FLAT, IVF_FLAT and AUTOINDEX only; a Milvus server gets HNSW)"
                    if self.lite else ""))
         self.client.load_collection(collection)

@@ -1,0 +1,444 @@
+"""Store benchmark: our Milvus and PostgreSQL loads at full scale against the seeds' insert methods,
+then top-10 search latency and recall@10 against exact numpy search.
+
+    python benchmarks/stores.py [--catalog 1000000] [--movies 62423] [--users 162541] [--queries 500]
+                                [--baseline-rows 100000] [--vectors-from DATA_DIR]
+
+Data: a data dir under benchmarks/.cache/ with the movies of the 25m-scale ingest (benchmarks/ingest.py
+leaves them in .cache/out-ours; else a stand-in of the same size), the project's own synthetic users,
+availability and --catalog catalog items, and vectors at the model's dimension (384): the embed stage's
+files from --vectors-from when their counts match, else generated, clustered and normalised (the JSON
+says which). The load runs against a PostgreSQL the benchmark starts (tasks.services, its own port)
+and a Milvus Lite file.
+
+- ours: each store's load stage from an empty start (load, index builds, check and reconciliation),
+  one store after the other in one process, so each rate is its own (the load flow runs them at
+  once: both_stores_s, their sum, is an upper bound); then the stage again with nothing changed,
+  without and with its load state (every row compared and none written; skipped by digest).
+- baseline: the seeds' methods on the first --baseline-rows catalog rows, scaled to every vector
+  row: Milvus `insert` of 1,000 rows per call into a fresh collection; psycopg `executemany` INSERT
+  in pages of 10,000 rows with a commit per page (what psycopg2's `execute_batch(page_size=10000)` did).
+- search: --queries held-out queries from the same clusters, unfiltered and filtered (type ==
+  document, a tenth of the catalog), through each store's own `search`, after 20 warm-up queries;
+  recall@10 against exact top-10 by numpy over the whole catalog matrix. PostgreSQL at
+  hnsw.ef_search 100 and 200, Milvus Lite at nprobe 64 and 128.
+Last line: one JSON object. Targets (issue #11): PostgreSQL load >= 100k rows/s and >= 2x the seed's
+method, Milvus >= 2x; top-10 p99 <= 10 ms at recall@10 >= 0.95 per store, filtered and unfiltered;
+both stores, indexes included, <= 15 min; peak RSS of the load process <= 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
+
+DIM = 384
+SEED_MILVUS_BATCH, SEED_PG_PAGE = 1_000, 10_000
+FILTER_TYPE = "document"
+SWEEP = {"postgres": ("EF_SEARCH", (100, 200)), "milvus": ("NPROBE", (64, 128))}
+SERVICES = CACHE / "stores-services"
+
+
+def data_dir(catalog: int) -> Path:
+    return CACHE / f"stores-data-{catalog}"
+
+
+def settings(data: Path):
+    from tasks.settings import Settings
+
+    ports = json.loads((SERVICES / "ports.json").read_text())
+    return Settings(_env_file=None, data_dir=data, services_dir=SERVICES, postgres_port=ports["postgres"])
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def clustered(n: int, seed: int, centers: int = 2_000, spread: int = 48) -> "np.ndarray":  # noqa: F821
+    """Normalised points around random centres, varying mostly along a few shared directions (text
+    embeddings have a low intrinsic dimension), plus a little noise in every direction: neighbours are
+    well defined, as in real embeddings, and not duplicates."""
+    import numpy as np
+
+    fixed = np.random.default_rng(0)
+    middle = fixed.standard_normal((centers, DIM), dtype=np.float32)
+    middle /= np.linalg.norm(middle, axis=1, keepdims=True)
+    directions = fixed.standard_normal((spread, DIM), dtype=np.float32) / DIM**0.5
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        block = (middle[rng.integers(0, centers, m)]
+                 + rng.standard_normal((m, spread), dtype=np.float32) @ directions * 0.5
+                 + rng.standard_normal((m, DIM), dtype=np.float32) * (0.1 / DIM**0.5))
+        out[start:start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def write_h5(path: Path, ids: list[str], vectors, model: str) -> None:
+    import h5py
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=vectors, chunks=(min(4_096, len(ids)), DIM))
+        f.attrs.update(model=model, dim=DIM, normalized=True)
+
+
+def prepare(catalog: int, movies: int, users: int, vectors_from: Path | None) -> tuple[Path, str]:
+    """The benchmark's data dir (made once per size) and where its vectors came from."""
+    import polars as pl
+
+    from tasks.stores.sources import h5_rows
+    from tasks.synthetic import CATALOG_TEMPLATE, availability, build_platforms, profiles
+    from tasks.templates import load_template, write_dataset
+
+    data = data_dir(catalog)
+    marker = data / "benchmark.json"
+    if marker.exists():
+        return data, json.loads(marker.read_text())["vectors"]
+    shutil.rmtree(data, ignore_errors=True)
+    (data / "processed").mkdir(parents=True)
+    ingested = CACHE / "out-ours" / "movies.parquet"
+    if ingested.exists() and pl.scan_parquet(ingested).select(pl.len()).collect().item() == movies:
+        shutil.copy(ingested, data / "processed" / "movies.parquet")
+    else:
+        pl.DataFrame({"movie_id": range(1, movies + 1), "media_id": [f"ml_{i}" for i in range(1, movies + 1)],
+                      "title": [f"Movie {i}" for i in range(1, movies + 1)],
+                      "year": [1950 + i % 70 for i in range(movies)],
+                      "genres": [["Drama", "Comedy", "Action"][: 1 + i % 3] for i in range(movies)]},
+                     schema_overrides={"movie_id": pl.Int32, "year": pl.Int32}).write_parquet(
+            data / "processed" / "movies.parquet")
+    media_ids = pl.read_parquet(data / "processed" / "movies.parquet", columns=["media_id"])["media_id"].to_list()
+    synthetic = data / "synthetic"
+    profiles(pl.Series(range(1, users + 1), dtype=pl.Int32).to_numpy(), 42).write_parquet(
+        synthetic / "users.parquet", mkdir=True)
+    build_platforms(synthetic / "platforms.parquet")
+    availability(media_ids).write_parquet(synthetic / "availability.parquet")
+    write_dataset(load_template(CATALOG_TEMPLATE), catalog, synthetic / "media_catalog.parquet")
+
+    sets = {"media": media_ids, "users": [str(u) for u in range(1, users + 1)],
+            "catalog": pl.read_parquet(synthetic / "media_catalog.parquet", columns=["id"])["id"].to_list()}
+    source = "embed stage" if vectors_from else "generated, clustered"
+    for seed, (name, ids) in enumerate(sets.items(), start=1):
+        given = vectors_from / "embeddings" / f"{name}.h5" if vectors_from else None
+        if given is not None and given.exists() and h5_rows(given) == len(ids):
+            shutil.copy(given, data / "embeddings" / f"{name}.h5")
+        else:
+            if given is not None:
+                source = "generated, clustered (the embed stage's files did not match the sizes)"
+            write_h5(data / "embeddings" / f"{name}.h5", ids, clustered(len(ids), seed), "benchmark-clustered")
+    marker.write_text(json.dumps({"vectors": source}))
+    return data, source
+
+
+def start_postgres() -> None:
+    import socket
+
+    from tasks import services
+    from tasks.settings import Settings
+
+    ports = SERVICES / "ports.json"
+    SERVICES.mkdir(parents=True, exist_ok=True)
+    SERVICES.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
+    if not ports.exists():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.write_text(json.dumps({"postgres": sock.getsockname()[1]}))
+    port = json.loads(ports.read_text())["postgres"]
+    services.start(Settings(_env_file=None, services_dir=SERVICES, postgres_port=port), ["postgres"])
+
+
+def stop_postgres() -> None:
+    from tasks import services
+    from tasks.settings import Settings
+
+    port = json.loads((SERVICES / "ports.json").read_text())["postgres"]
+    services.stop(Settings(_env_file=None, services_dir=SERVICES, postgres_port=port), ["postgres"])
+
+
+def reset_stores(data: Path) -> None:
+    """An empty start: no tables, no Milvus file, no load state."""
+    import psycopg
+
+    from tasks.stores.postgres import EMBEDDINGS, TABLES_RELATIONAL
+
+    with psycopg.connect(settings(data).postgres_dsn(), autocommit=True) as conn:
+        for table in [t.name for t in TABLES_RELATIONAL] + list(EMBEDDINGS) + ["seed_catalog"]:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed names
+    for path in (data / "milvus.db", data / "milvus-seed.db", data / "stores"):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+# --- children ------------------------------------------------------------------------------------
+
+def milvus_server_peak_mb() -> int | None:
+    """Peak RSS of the Milvus Lite server process this process started (it is not in our own RSS)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        if "milvus" in child.name():
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) // 1024
+    return None
+
+
+def ours(data: Path) -> dict:
+    """Each store's load as the load stage runs it (load, then check and reconcile), one store after
+    the other so that each rate is its own; the flow runs them at once, so both_stores_s is an upper
+    bound. Then the stage again with nothing changed: once without load state (every row compared,
+    none written), once with it (skipped by digest)."""
+    from tasks.stores import STORES
+    from tasks.stores.loading import check_store, load_store
+
+    config = settings(data)
+    events = []
+
+    def log(message: str) -> None:
+        events.append(message)
+        print(message, file=sys.stderr, flush=True)
+
+    figures = {}
+    for name in SWEEP:
+        store = STORES[name].open(config)
+        started = time.perf_counter()
+        report = store.load(data, log)
+        loaded = time.perf_counter()
+        check_store(store, data)
+        checked = time.perf_counter()
+        store.close()
+        index = sum(s for key, s in index_seconds(events).items() if key.startswith(name))
+        written = sum(t.written for t in report.values())
+        figures[name] = {"seconds": round(checked - started, 1), "load_s": round(loaded - started - index, 1),
+                         "index_s": round(index, 1), "check_s": round(checked - loaded, 1), "rows_written": written,
+                         "rows_per_s": round(written / max(loaded - started - index, 1e-9)),
+                         "tables": {t: r.rows for t, r in report.items()}}
+    figures["milvus_server_peak_rss_mb"] = milvus_server_peak_mb()
+    figures["index_build_s"] = index_seconds(events)
+    figures["both_stores_s"] = round(sum(figures[name]["seconds"] for name in SWEEP), 1)
+    for label in ("rerun_compared", "rerun_unchanged"):
+        started = time.perf_counter()
+        results = {name: load_store(config, name, lambda m: None) for name in SWEEP}
+        figures[f"{label}_s"] = round(time.perf_counter() - started, 1)
+        figures[f"{label}_written"] = sum(t["written"] + t["deleted"] for r in results.values()
+                                          for t in r["tables"].values())
+        figures[f"{label}_statuses"] = {name: r["status"] for name, r in results.items()}
+    return figures
+
+
+def index_seconds(events: list[str]) -> dict[str, float]:
+    """'<store> <table>: ... built ... in S s' log lines -> seconds per store table."""
+    import re
+
+    found = {}
+    for message in events:
+        match = re.match(r"(\w+) (\w+): .*built .*in ([\d.]+) s", message)
+        if match:
+            found[f"{match[1]} {match[2]}"] = float(match[3])
+    return found
+
+
+def catalog_rows(data: Path, rows: int):
+    """The first `rows` catalog rows as the stores take them: fields and vectors."""
+    from tasks.stores.sources import VECTOR_SETS, vector_batches
+
+    fields, vectors = next(vector_batches(data, VECTOR_SETS["catalog"], rows))
+    return fields.drop("digest"), vectors
+
+
+def seed_milvus(data: Path, rows: int) -> dict:
+    from pymilvus import MilvusClient
+
+    from tasks.stores.milvus import MilvusStore
+
+    fields, vectors = catalog_rows(data, rows)
+    store = MilvusStore(settings(data).model_copy(update={"milvus_uri": str(data / "milvus-seed.db")}))
+    store.create_schema(data)
+    client: MilvusClient = store.client
+    payload = [{**row, "digest": 0, "vector": vector} for row, vector in zip(fields.to_dicts(), vectors)]
+    started = time.perf_counter()
+    for start in range(0, len(payload), SEED_MILVUS_BATCH):
+        client.insert("catalog_vectors", payload[start:start + SEED_MILVUS_BATCH])
+    client.flush("catalog_vectors")
+    seconds = time.perf_counter() - started
+    store.close()
+    return {"rows": len(payload), "insert_s": round(seconds, 2), "rows_per_s": round(len(payload) / seconds)}
+
+
+def seed_postgres(data: Path, rows: int) -> dict:
+    """psycopg2's execute_batch(page_size=10000), as the seed used it: each page sent as one string of
+    INSERT statements with the values inlined by the client, then a commit."""
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    fields, vectors = catalog_rows(data, rows)
+    statement = "INSERT INTO seed_catalog (id, type, title, year, tags, embedding) VALUES (%s, %s, %s, %s, %s, %s)"
+    with psycopg.connect(settings(data).postgres_dsn(), cursor_factory=psycopg.ClientCursor) as conn:
+        register_vector(conn)
+        conn.execute(f"CREATE TABLE seed_catalog (id text PRIMARY KEY, type text, title text, year int, "
+                     f"tags text[], embedding vector({DIM}))")
+        conn.commit()
+        payload = [(*row, vector) for row, vector in zip(fields.rows(), vectors)]
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            for start in range(0, len(payload), SEED_PG_PAGE):
+                cur.execute(";".join(cur.mogrify(statement, row) for row in payload[start:start + SEED_PG_PAGE]))
+                conn.commit()
+        seconds = time.perf_counter() - started
+    return {"rows": len(payload), "insert_s": round(seconds, 2), "rows_per_s": round(len(payload) / seconds)}
+
+
+def exact_top10(data: Path, queries, mask) -> "np.ndarray":  # noqa: F821
+    """Exact cosine top-10 row numbers per query (vectors are normalised), over the rows in mask."""
+    import h5py
+    import numpy as np
+
+    best = np.full((len(queries), 10), -1, dtype=np.int64)
+    best_score = np.full((len(queries), 10), -np.inf, dtype=np.float32)
+    with h5py.File(data / "embeddings" / "catalog.h5", "r") as f:
+        matrix = f["embeddings"]
+        for start in range(0, matrix.shape[0], 200_000):
+            block = matrix[start:start + 200_000]
+            scores = queries @ block.T
+            scores[:, ~mask[start:start + len(block)]] = -np.inf
+            top = np.argpartition(-scores, 10, axis=1)[:, :10]
+            merged = np.concatenate([best_score, np.take_along_axis(scores, top, 1)], axis=1)
+            rows = np.concatenate([best, top + start], axis=1)
+            keep = np.argsort(-merged, axis=1)[:, :10]
+            best, best_score = np.take_along_axis(rows, keep, 1), np.take_along_axis(merged, keep, 1)
+    return best
+
+
+def search(data: Path, queries_n: int) -> dict:
+    import numpy as np
+    import polars as pl
+
+    from tasks.stores import STORES
+    from tasks.stores.base import Query
+    from tasks.stores.sources import h5_ids
+
+    queries = clustered(queries_n + 20, seed=99)  # held out: a seed no stored set used
+    ids = np.array(h5_ids(data / "embeddings" / "catalog.h5"), dtype=object)
+    types = pl.read_parquet(data / "synthetic" / "media_catalog.parquet", columns=["id", "type"])
+    type_of = dict(zip(types["id"].to_list(), types["type"].cast(pl.String).to_list()))
+    mask_filtered = np.array([type_of[i] == FILTER_TYPE for i in ids])
+    truth = {"unfiltered": exact_top10(data, queries, np.ones(len(ids), bool)),
+             "filtered": exact_top10(data, queries, mask_filtered)}
+    figures = {}
+    for name, (knob, values) in SWEEP.items():
+        module = STORES[name].implementation()
+        store = STORES[name].open(settings(data))
+        for value in values:
+            setattr(module, knob, value)
+            for kind, expected in truth.items():
+                latencies, recalls = [], []
+                for i, vector in enumerate(queries):
+                    query = Query(vector=vector.tolist(), vector_set="catalog", k=10,
+                                  type=FILTER_TYPE if kind == "filtered" else None)
+                    started = time.perf_counter()
+                    hits = store.search(query)
+                    elapsed = time.perf_counter() - started
+                    if i < 20:
+                        continue  # warm-up
+                    latencies.append(elapsed * 1000)
+                    wanted = set(ids[expected[i]])
+                    recalls.append(len(wanted & {h.id for h in hits}) / 10)
+                    if kind == "filtered":
+                        assert all(type_of[h.id] == FILTER_TYPE for h in hits), f"{name}: a hit outside the filter"
+                figures[f"{name} {knob.lower()} {value} {kind}"] = {
+                    "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                    "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                    "recall_at_10": round(float(np.mean(recalls)), 4)}
+                print(name, knob, value, kind, figures[f"{name} {knob.lower()} {value} {kind}"], file=sys.stderr,
+                      flush=True)
+        store.close()
+    return {"queries": queries_n, "filter": f"type == {FILTER_TYPE} ({mask_filtered.mean():.0%} of the catalog)",
+            "search": figures}
+
+
+# --- parent --------------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", type=int, default=1_000_000)
+    parser.add_argument("--movies", type=int, default=62_423)
+    parser.add_argument("--users", type=int, default=162_541)
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--baseline-rows", type=int, default=100_000)
+    parser.add_argument("--vectors-from", type=Path, help="a data dir whose embeddings/ to use")
+    parser.add_argument("--child", nargs=2, metavar=("PATH", "DATA"), help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        path, data = args.child[0], Path(args.child[1])
+        children = {"ours": lambda: ours(data), "seed-milvus": lambda: seed_milvus(data, args.rows),
+                    "seed-postgres": lambda: seed_postgres(data, args.rows),
+                    "search": lambda: search(data, args.queries)}
+        measure(children[path])
+        return
+
+    print(f"CPU: {cpu_model()}", flush=True)
+    started = time.perf_counter()
+    data, vectors = prepare(args.catalog, args.movies, args.users, args.vectors_from)
+    print(f"data dir {data} ready in {time.perf_counter() - started:.0f} s (vectors: {vectors})", flush=True)
+    start_postgres()
+    try:
+        reset_stores(data)
+        script = str(Path(__file__).resolve())
+        ours_figures = run_child(script, "ours", str(data))
+        rows = min(args.baseline_rows, args.catalog)
+        seed_m = run_child(script, "seed-milvus", str(data), "--rows", str(rows))
+        seed_p = run_child(script, "seed-postgres", str(data), "--rows", str(rows))
+        found = run_child(script, "search", str(data), "--queries", str(args.queries))
+    finally:
+        stop_postgres()
+    result = summary(args, vectors, ours_figures, seed_m, seed_p, found)
+    print(json.dumps(result))
+
+
+def summary(args, vectors: str, ours_figures: dict, seed_m: dict, seed_p: dict, found: dict) -> dict:
+    """The last line: our load against the seeds' methods scaled to the same rows, search side by side."""
+    rows = {name: ours_figures[name]["rows_written"] for name in SWEEP}
+    baseline_s = {"milvus": seed_m["insert_s"] * rows["milvus"] / seed_m["rows"],
+                  "postgres": seed_p["insert_s"] * rows["postgres"] / seed_p["rows"]}
+    ours_rate = {name: ours_figures[name]["rows_per_s"] for name in baseline_s}
+    seed_rate = {"milvus": seed_m["rows_per_s"], "postgres": seed_p["rows_per_s"]}
+    best = {}
+    for name in SWEEP:
+        for kind in ("unfiltered", "filtered"):
+            runs = {k: v for k, v in found["search"].items() if k.startswith(name) and k.endswith(kind)}
+            best[f"{name} {kind}"] = any(v["p99_ms"] <= 10 and v["recall_at_10"] >= 0.95 for v in runs.values())
+    return {
+        "benchmark": "stores", "cpu": cpu_model(), "catalog": args.catalog, "movies": args.movies,
+        "users": args.users, "rows_written": rows, "dim": DIM, "vectors": vectors,
+        "wall_s": ours_figures["both_stores_s"], "cpu_s": ours_figures["cpu_s"],
+        "peak_rss_mb": ours_figures["peak_rss_mb"],
+        "milvus_server_peak_rss_mb": ours_figures["milvus_server_peak_rss_mb"],
+        "baseline_wall_s": round(sum(baseline_s.values()), 1),
+        "baseline_note": f"the seeds' inserts of {seed_m['rows']:,} catalog rows, scaled to the rows each store "
+                         "holds, one store after the other, no index, no check",
+        "speedup": round(sum(baseline_s.values()) / ours_figures["both_stores_s"], 2),
+        "rows_per_s": ours_rate, "seed_rows_per_s": seed_rate,
+        "speedup_rows_per_s": {n: round(ours_rate[n] / seed_rate[n], 2) for n in ours_rate},
+        "stores": {n: ours_figures[n] for n in ours_rate}, "index_build_s": ours_figures["index_build_s"],
+        **{k: v for k, v in ours_figures.items() if k.startswith("rerun_")},
+        "search": found["search"], "search_filter": found["filter"], "queries": found["queries"],
+        "targets": {
+            "postgres_100k_rows_per_s_and_2x_seed": ours_rate["postgres"] >= 100_000
+            and ours_rate["postgres"] >= 2 * seed_rate["postgres"],
+            "milvus_2x_seed": ours_rate["milvus"] >= 2 * seed_rate["milvus"],
+            "both_stores_15_min": ours_figures["both_stores_s"] <= 900,
+            "peak_rss_4gb": ours_figures["peak_rss_mb"] <= 4096,
+            **{f"p99_10ms_recall_0.95 {k}": v for k, v in best.items()},
+        },
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -248,8 +248,7 @@ def catalog_rows(data: Path, rows: int):
     """The first `rows` catalog rows as the stores take them: fields and vectors."""
     from tasks.stores.sources import VECTOR_SETS, vector_batches
 
-    fields, vectors = next(vector_batches(data, VECTOR_SETS["catalog"], rows))
-    return fields.drop("digest"), vectors
+    return next(vector_batches(data, VECTOR_SETS["catalog"], rows, digests=False))
 
 
 def seed_milvus(data: Path, rows: int) -> dict:

@@ -74,7 +74,8 @@ class Store(Protocol):
         """Where the store is, safe to log (no password)."""
 
     def create_schema(self, data: Path) -> None:
-        """Tables or collections and indexes, if missing (vector dimensions from the embeddings)."""
+        """Tables or collections, if missing (vector dimensions from the embeddings); indexes come
+        with the load, built after a first load's rows."""
 
     def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
         """Bring the store in line with the data dir; one entry per table or collection."""

@@ -126,15 +126,17 @@ def row_digests(fields: pl.DataFrame, vectors: np.ndarray) -> np.ndarray:
     return out
 
 
-def vector_batches(data: Path, vector_set: VectorSet, rows: int) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
-    """(fields, vectors) chunks in file order, `rows` at a time; fields include `id` and `digest`."""
+def vector_batches(data: Path, vector_set: VectorSet, rows: int,
+                   digests: bool = True) -> Iterator[tuple[pl.DataFrame, np.ndarray]]:
+    """(fields, vectors) chunks in file order, `rows` at a time; fields include `id`, and `digest`
+    unless digests is False (a store that compares rows itself)."""
     fields = vector_fields(data, vector_set)
     with h5py.File(vector_set.path(data), "r") as f:
         matrix = f["embeddings"]
         for start in range(0, len(fields), rows):
             chunk = fields.slice(start, rows)
             vectors = matrix[start:start + len(chunk)]
-            yield chunk.with_columns(digest=pl.Series(row_digests(chunk, vectors))), vectors
+            yield (chunk.with_columns(digest=pl.Series(row_digests(chunk, vectors))) if digests else chunk), vectors
 
 
 @dataclass(frozen=True)

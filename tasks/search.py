@@ -17,7 +17,7 @@ from tasks.stores import STORES
 from tasks.stores.base import Hit, Query
 from tasks.stores.sources import VECTOR_SETS, h5_model
 
-SEARCHABLE = ("milvus", "postgres")  # the stores that answer vector searches
+SEARCHABLE = tuple(name for name, spec in STORES.items() if spec.searches)
 
 
 class SearchError(PipelineError, ValueError):

@@ -19,6 +19,7 @@ import pytest
 from pymilvus.client import connection_manager
 
 from flows.search import main as search_main
+from tasks.search import SEARCHABLE
 from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Query, Store
@@ -26,7 +27,6 @@ from tasks.stores.loading import ReconciliationFailed, check_store, load_store, 
 from tasks.stores.sources import VECTOR_SETS, h5_ids
 from tests.conftest import ROOT
 
-SEARCHABLE = [name for name, spec in STORES.items() if spec.built]
 
 
 @pytest.fixture()
@@ -265,3 +265,41 @@ def test_reconciliation_names_a_planted_missing_id_and_a_wiped_row_is_reloaded(s
     summary = load_store(settings_for(data), "postgres", print)
     assert summary["status"] == "loaded" and summary["tables"]["media_embeddings"]["written"] == 1
     assert recheck_stores(data) == ["postgres"]
+
+
+def _embeddings_file(path: Path, ids: int, rows: int, width: int, dim: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array([f"c{i}" for i in range(ids)], dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=np.ones((rows, width), np.float32))
+        f.attrs.update(model="m", dim=dim)
+    return path
+
+
+def test_a_bad_embeddings_file_is_named_and_never_loaded(store_data, tmp_path):
+    from tasks.stores.sources import StaleInputs, h5_dim, h5_rows, vector_batches
+
+    short = _embeddings_file(tmp_path / "short.h5", ids=5, rows=4, width=8, dim=8)  # an id without its vector
+    wide = _embeddings_file(tmp_path / "wide.h5", ids=5, rows=5, width=9, dim=8)  # an extra (zero) column
+    truncated = _embeddings_file(tmp_path / "cut.h5", ids=5_000, rows=5_000, width=64, dim=64)
+    os.truncate(truncated, truncated.stat().st_size // 2)
+    for path, message in ((short, "5 ids but 4 vectors"), (wide, "9 wide, its dim attribute says 8"),
+                          (truncated, "unreadable embeddings file")):
+        for read in (h5_ids, h5_rows, h5_dim):
+            with pytest.raises(StaleInputs, match=message) as raised:
+                read(path)
+            assert str(path) in str(raised.value)
+
+    # Through a store: the load stops on the file, names it, and leaves no load state behind.
+    catalog = VECTOR_SETS["catalog"].path(store_data)
+    with h5py.File(catalog, "r") as f:
+        ids, vectors = f["ids"][:], f["embeddings"][:]
+    with h5py.File(catalog, "w") as f:
+        f.create_dataset("ids", data=ids, dtype=h5py.string_dtype())
+        f.create_dataset("embeddings", data=vectors[:-1])
+        f.attrs.update(model="m", dim=vectors.shape[1])
+    with pytest.raises(StaleInputs, match=f"{catalog}: {len(ids):,} ids but {len(ids) - 1:,} vectors"):
+        list(vector_batches(store_data, VECTOR_SETS["catalog"], 100))
+    with pytest.raises(StaleInputs, match=str(catalog)):
+        load_store(settings_for(store_data), "milvus", print)
+    assert not (store_data / "stores" / "milvus.state.json").exists()

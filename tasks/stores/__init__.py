@@ -22,6 +22,7 @@ class StoreSpec:
     module: str | None  # None: not built yet (`issue` says which issue builds it)
     loads: str  # what it holds, for help texts and the UI
     issue: str = ""
+    searches: bool = False  # answers vector searches (python -m flows.search --store NAME)
 
     @property
     def flag(self) -> str:
@@ -46,8 +47,9 @@ class StoreSpec:
 
 
 STORES: dict[str, StoreSpec] = {s.name: s for s in [
-    StoreSpec("milvus", "milvus", "movie, catalog and user vectors with their filter fields (Milvus)"),
-    StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)"),
+    StoreSpec("milvus", "milvus", "movie, catalog and user vectors with their filter fields (Milvus)", searches=True),
+    StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
+              searches=True),
     StoreSpec("neo4j", None, "the knowledge graph (Neo4j or the local Bolt server)", "#12 (graph store)"),
     StoreSpec("agentdb", None, "RL episodes, policies and replay buffers (AgentDB)", "#13 (AgentDB store)"),
 ]}

@@ -133,7 +133,8 @@ class MilvusStore:
                 + (" (Milvus Lite takes FLAT, IVF_FLAT and AUTOINDEX only, and searches its own interim"
                    " IVF_FLAT_CC index: recall@10 falls to ~0.5 at 1M rows; a Milvus server gets HNSW)"
                    if self.lite else ""))
-        self.client.load_collection(collection)
+        else:
+            self.client.load_collection(collection)  # a no-op when loaded
 
     def _stored_digests(self, collection: str, log: Log) -> dict[str, int]:
         rows = self.count(collection)

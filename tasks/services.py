@@ -114,6 +114,9 @@ def _pg_command(settings: Settings, home: Path) -> list[str]:
         # Vector index builds need room: HNSW on 200k x 384 takes 4x longer at the 64 MB default.
         "-c", "maintenance_work_mem=1GB", "-c", "max_parallel_maintenance_workers=1",
         "-c", "shared_buffers=256MB",
+        # A local server is nobody's replica: minimal WAL lets a first load's COPY into a table emptied
+        # in the same transaction skip WAL, and a larger max_wal_size keeps checkpoints out of loads.
+        "-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_wal_size=4GB",
     ]
 
 

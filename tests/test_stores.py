@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from pymilvus.client import connection_manager
 
 from flows.search import main as search_main
@@ -24,6 +25,7 @@ from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Query, Store
 from tasks.stores.loading import ReconciliationFailed, check_store, load_store, recheck_stores, reconcile
+from tasks.stores.postgres import METADATA_SHARED
 from tasks.stores.sources import VECTOR_SETS, h5_ids
 from tests.conftest import ROOT
 
@@ -74,6 +76,13 @@ def test_registry_names_each_store_once_with_its_module():
 def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
     data = store_data
     logs: list[str] = []
+    # A value JSON and the binary COPY must both escape: quotes, a backslash, a newline, non-ASCII.
+    catalog = data / "synthetic" / "media_catalog.parquet"
+    awkward = 'Can"on \\ EOS\nÜ 📷'
+    frame = pl.read_parquet(catalog)
+    planted = frame.filter(pl.col("type") == "image")["id"][0]
+    frame.with_columns(camera_model=pl.when(pl.col("id") == planted).then(pl.lit(awkward))
+                       .otherwise("camera_model")).write_parquet(catalog)
     for name in ("milvus", "postgres"):
         summary = load_store(settings_for(data), name, logs.append)
         assert summary["status"] == "loaded"
@@ -84,6 +93,19 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
         finally:
             store.close()
     assert any("IVF_FLAT" in line and "Milvus Lite takes" in line for line in logs)  # the index it chose, said
+    # Every value arrives intact: the type's own fields as JSON without nulls, timestamps, arrays, vectors.
+    with psycopg.connect(pg_url) as conn:
+        register_vector(conn)
+        stored = {row[0]: row[1:] for row in conn.execute(
+            "SELECT id, tags, creation_date, file_size, type_specific_data FROM media_metadata").fetchall()}
+        stored_vectors = dict(conn.execute("SELECT id, embedding FROM catalog_embeddings").fetchall())
+    for row in pl.read_parquet(catalog).iter_rows(named=True):
+        own = {k: v for k, v in row.items() if k not in METADATA_SHARED and v is not None}
+        assert stored[row["id"]] == (row["tags"], row["creation_date"], row["file_size"], own)
+    assert stored[planted][3]["camera_model"] == awkward
+    with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
+        for item, vector in zip(f["ids"][:], f["embeddings"][:]):
+            assert np.array_equal(stored_vectors[item.decode()].to_numpy(), vector)
     before = xmins(pg_url)
     with psycopg.connect(pg_url) as conn:
         index_oid = conn.execute("SELECT 'media_embeddings_hnsw'::regclass::oid").fetchone()[0]
@@ -104,7 +126,6 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
     with h5py.File(media, "r+") as f:
         new_vector = -f["embeddings"][3]
         f["embeddings"][3] = new_vector
-    catalog = data / "synthetic" / "media_catalog.parquet"
     frame = pl.read_parquet(catalog)
     removed = frame["id"][7]
     frame.filter(pl.col("id") != removed).write_parquet(catalog)

@@ -70,6 +70,18 @@ def test_a_store_that_stays_down_fails_alone_and_names_its_url(prefect_server, s
     assert "sekret-pw" not in text
 
 
+def test_a_graph_server_that_is_down_fails_alone_and_names_its_url(prefect_server, store_data, store_env, monkeypatch,
+                                                                   capsys):
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("MG_NEO4J_URL", f"bolt://127.0.0.1:{port}")
+    monkeypatch.setenv("MG_NEO4J_PASSWORD", "sekret-graph-pw")
+    assert load_main(["--data-dir", str(store_data), "--no-milvus"]) == 1
+    err = capsys.readouterr().err
+    assert f"neo4j load failed: neo4j at bolt://127.0.0.1:{port} is unreachable" in err
+    assert "sekret-graph-pw" not in err
+    assert json.loads((store_data / "stores" / "postgres.state.json").read_text())["counts"]["movies"] == 9_742
+
+
 def test_validate_load_stage_names_a_row_the_source_lacks(prefect_server, store_data, pg_url, capsys):  # noqa: F811
     rows = load_flow(str(store_data), skip_stores=[n for n in STORES if n != "postgres"])
     assert {r["stage"]: r["status"] for r in rows}["postgres"] == "loaded"

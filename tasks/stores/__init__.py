@@ -50,6 +50,6 @@ STORES: dict[str, StoreSpec] = {s.name: s for s in [
     StoreSpec("milvus", "milvus", "movie, catalog and user vectors with their filter fields (Milvus)", searches=True),
     StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
               searches=True),
-    StoreSpec("neo4j", None, "the knowledge graph (Neo4j or the local Bolt server)", "#12 (graph store)"),
+    StoreSpec("neo4j", "graph", "the knowledge graph: media, users, genres, tags, platforms (Neo4j or the local Bolt server)"),
     StoreSpec("agentdb", None, "RL episodes, policies and replay buffers (AgentDB)", "#13 (AgentDB store)"),
 ]}

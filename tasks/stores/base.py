@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import PipelineError
 
@@ -96,6 +97,14 @@ class Store(Protocol):
         """Top-k by cosine similarity, ties broken by id; filters keep recall."""
 
     def close(self) -> None: ...
+
+
+def safe_url(url: str) -> str:
+    """A store URL fit for logs and messages: any password dropped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
 
 
 def ordered(hits: Iterable[Hit], k: int) -> list[Hit]:

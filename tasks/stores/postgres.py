@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import polars as pl
@@ -36,7 +35,7 @@ import pyarrow as pa
 
 from tasks.progress import Progress
 from tasks.settings import Settings
-from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
+from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, safe_url, sample_ids, self_misses
 from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 64, 100
@@ -142,13 +141,6 @@ def _vector_column(vectors: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(body)])
 
 
-def _safe_url(dsn: str) -> str:
-    parts = urlsplit(dsn)
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
-
-
 class PostgresStore:
     name = "postgres"
 
@@ -157,7 +149,7 @@ class PostgresStore:
         from pgvector.psycopg import register_vector
 
         self.local = settings.local_postgres
-        self.url = _safe_url(settings.postgres_dsn())
+        self.url = safe_url(settings.postgres_dsn())
         try:
             self.conn = psycopg.connect(settings.postgres_dsn(), connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:

@@ -1,0 +1,425 @@
+"""The knowledge graph over Bolt: standard Neo4j 5 Cypher through the official driver, so a real Neo4j
+is a URL change (MG_NEO4J_URL); the local default is the ArcadeDB Bolt server tasks.services starts.
+
+Nodes (key first): Media (id 'ml_M', title, year, imdb_id, tmdb_id), User (id, archetype, age_band,
+country, city, languages), Genre (name), Tag (id, name: the genome tags), Platform (id, name,
+business_model, monthly_price_usd). Relationships: RATED User->Media (rating, timestamp and the
+rating's context, time_of_day and day_of_week), TAGGED User->Media (one per free-text tag: tag,
+timestamp), HAS_GENRE Media->Genre, HAS_TAG Media->Tag (relevance; a movie's top 10 genome tags over
+0.5), AVAILABLE_ON Media->Platform (offer_type, price_usd, regions, quality_options,
+subtitle_languages, audio_languages, hdr, dolby_atmos). No map-valued property (Neo4j rejects them:
+the seed's `location` map is flattened into country and city); lists hold strings only.
+
+Idempotent by comparison, like the other stores: a load reads what the graph holds for each node
+label and relationship type, CREATEs what is new, SETs what differs (UNWIND batches, matched on the
+keys), deletes what is gone from the source, and a rerun with unchanged data writes nothing. A relationship whose end is not a node of the source is an error naming the file and ids,
+never a silent drop (a MATCH that finds no node would create nothing).
+Uniqueness constraints on every label's key, and indexes for the explainability queries, are made
+with IF NOT EXISTS before the first write (MERGE looks nodes up by them).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from tasks.errors import PipelineError
+from tasks.progress import Progress
+from tasks.settings import Settings
+from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, safe_url
+from tasks.stores.sources import StaleInputs
+
+BATCH = 10_000  # rows per UNWIND: larger batches were not faster over Bolt (store-load-probes)
+ARRAY_DELIMITER = ";"
+# A first load of more relationships than this into a remote Neo4j goes through neo4j-admin instead:
+# over Bolt, CREATE reaches ~8k relationships/s here (~4 min for 2M; 25M would take about an hour).
+BOLT_MAX_ROWS = 2_000_000
+IMPORT_DIR = "exports/neo4j-import"  # under the data dir
+IMPORT_TYPES = {pl.Int64: "long", pl.Float64: "double", pl.Boolean: "boolean", pl.String: "string"}
+
+MOVIES, USERS, PLATFORMS = "processed/movies.parquet", "synthetic/users.parquet", "synthetic/platforms.parquet"
+RATINGS, TAGS = "processed/ratings.parquet", "processed/tags.parquet"
+GENOME_SCORES, GENOME_TAGS = "processed/genome_scores.parquet", "processed/genome_tags.parquet"
+AVAILABILITY = "synthetic/availability.parquet"
+TOP_TAGS, MIN_RELEVANCE = 10, 0.5
+
+
+def _read(data: Path, file: str, columns: list[str]) -> pl.LazyFrame:
+    return pl.scan_parquet(Path(data) / file).select(columns)
+
+
+def _media_ids(data: Path) -> pl.LazyFrame:
+    """movie_id -> the Media node's key."""
+    return _read(data, MOVIES, ["movie_id", "media_id"])
+
+
+def _strings(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String),
+                              pl.col(pl.Float32).cast(pl.Float64), pl.col(pl.Int16, pl.Int32).cast(pl.Int64))
+
+
+class BulkImportRequired(PipelineError, RuntimeError):
+    """A first load too large for Bolt: neo4j-admin's files are written; the message gives the command."""
+
+
+def _unique(frame: pl.DataFrame, keys: list[str], path: Path, name: str) -> pl.DataFrame:
+    """The frame, when its keys are unique: two rows for one node or edge would leave the graph with
+    whichever came last."""
+    twice = frame.select(keys).filter(pl.struct(keys).is_duplicated())
+    if len(twice):
+        raise StaleInputs(f"{path}: {name} keys {', '.join(keys)} repeat in {len(twice):,} rows "
+                          f"(e.g. {twice.row(0)})")
+    return frame
+
+
+@dataclass(frozen=True)
+class NodeSet:
+    label: str
+    key: str
+    file: str  # the source file (reconciliation and "does the source exist")
+    rows: Callable[[Path], pl.LazyFrame]  # the key, then the properties
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def frame(self, data: Path) -> pl.DataFrame:
+        return _unique(_strings(self.rows(data)).collect(), [self.key], Path(data) / self.file, self.label)
+
+    def read(self, data: Path) -> pl.Series:
+        """The source keys, as ids() writes them."""
+        return self.frame(data)[self.key].cast(pl.String).alias("id")
+
+
+@dataclass(frozen=True)
+class EdgeSet:
+    type: str
+    start: NodeSet
+    end: NodeSet
+    file: str
+    rows: Callable[[Path], pl.LazyFrame]  # start, end, the discriminator (if any), then the properties
+    discriminator: str | None = None  # a property that tells apart several edges between one pair
+
+    @property
+    def name(self) -> str:
+        return self.type
+
+    @property
+    def keys(self) -> list[str]:
+        return ["start", "end"] + ([self.discriminator] if self.discriminator else [])
+
+    def frame(self, data: Path) -> pl.DataFrame:
+        return _unique(_strings(self.rows(data)).collect(), self.keys, Path(data) / self.file, self.type)
+
+    def read(self, data: Path) -> pl.Series:
+        frame = self.frame(data)
+        return frame.select(pl.concat_str([pl.col(c).cast(pl.String) for c in self.keys], separator="/"))\
+            .to_series().alias("id")
+
+
+MEDIA = NodeSet("Media", "id", MOVIES, lambda d: _read(d, MOVIES, ["media_id", "title", "year", "imdb_id", "tmdb_id"])
+                .rename({"media_id": "id"}))
+USER = NodeSet("User", "id", USERS, lambda d: _read(
+    d, USERS, ["user_id", "archetype", "age_band", "country", "city", "languages"]).rename({"user_id": "id"}))
+GENRE = NodeSet("Genre", "name", MOVIES, lambda d: _read(d, MOVIES, ["genres"]).explode("genres")
+                .drop_nulls().select(name="genres").unique().sort("name"))
+TAG = NodeSet("Tag", "id", GENOME_TAGS, lambda d: _read(d, GENOME_TAGS, ["tag_id", "tag"]).select(id="tag_id", name="tag"))
+PLATFORM = NodeSet("Platform", "id", PLATFORMS, lambda d: _read(
+    d, PLATFORMS, ["platform_id", "name", "business_model", "monthly_price_usd"]).rename({"platform_id": "id"}))
+NODES = [MEDIA, USER, GENRE, TAG, PLATFORM]
+
+
+def _by_movie(data: Path, file: str, columns: list[str]) -> pl.LazyFrame:
+    """A MovieLens file keyed by movie_id, with the Media key as `end` (an unknown movie stays null:
+    the orphan check names it)."""
+    return _read(data, file, ["movie_id", *columns]).join(_media_ids(data), on="movie_id", how="left")\
+        .rename({"media_id": "end"})
+
+
+EDGES = [
+    EdgeSet("RATED", USER, MEDIA, RATINGS, lambda d: _by_movie(
+        d, RATINGS, ["user_id", "rating", "timestamp", "time_of_day", "day_of_week"]).select(
+        start="user_id", end="end", rating="rating", timestamp="timestamp", time_of_day="time_of_day",
+        day_of_week="day_of_week")),
+    EdgeSet("TAGGED", USER, MEDIA, TAGS, lambda d: _by_movie(d, TAGS, ["user_id", "tag", "timestamp"]).select(
+        start="user_id", end="end", tag="tag", timestamp="timestamp"), discriminator="tag"),
+    EdgeSet("HAS_GENRE", MEDIA, GENRE, MOVIES, lambda d: _read(d, MOVIES, ["media_id", "genres"]).explode("genres")
+            .drop_nulls("genres").select(start="media_id", end="genres")),
+    EdgeSet("HAS_TAG", MEDIA, TAG, GENOME_SCORES, lambda d: _read(d, GENOME_SCORES, ["media_id", "tag_id", "relevance",
+                                                                                    "rank"])
+            .filter((pl.col("rank") <= TOP_TAGS) & (pl.col("relevance") > MIN_RELEVANCE))
+            .select(start="media_id", end="tag_id", relevance="relevance")),
+    EdgeSet("AVAILABLE_ON", MEDIA, PLATFORM, AVAILABILITY, lambda d: _read(d, AVAILABILITY, [
+        "media_id", "platform_id", "offer_type", "price_usd", "regions", "quality_options", "subtitle_languages",
+        "audio_languages", "hdr", "dolby_atmos"]).rename({"media_id": "start", "platform_id": "end"})),
+]
+TABLES = {s.name: s for s in NODES + EDGES}  # reconciliation: each has .file and .read(data)
+INPUTS = tuple(dict.fromkeys(s.file for s in NODES + EDGES))
+# The explainability queries look items up by title, users by archetype and tags by name.
+INDEXES = [("Media", "title"), ("User", "archetype"), ("Tag", "name")]
+
+
+def _import_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.List):
+        return _import_type(dtype.inner) + "[]"
+    return next(name for polars_type, name in IMPORT_TYPES.items() if dtype == polars_type)
+
+
+def _import_frame(frame: pl.DataFrame, ids: dict[str, str], path: Path) -> pl.DataFrame:
+    """A node or relationship frame under neo4j-admin's typed header: the id columns (`ids`: column ->
+    header, the node key kept as a typed property too, so both paths give the same property types),
+    `name:type` for the rest, arrays joined by ARRAY_DELIMITER."""
+    for column, dtype in frame.schema.items():
+        if isinstance(dtype, pl.List):
+            bad = frame.filter(pl.col(column).list.eval(pl.element().str.contains(ARRAY_DELIMITER, literal=True))
+                               .list.any())
+            if len(bad):
+                raise StaleInputs(f"{path}: {column} holds the array delimiter {ARRAY_DELIMITER!r} "
+                                  f"(e.g. {bad[column][0].to_list()})")
+    columns = [pl.col(c).cast(pl.String).alias(header) for c, header in ids.items()]
+    columns += [(pl.col(c).list.join(ARRAY_DELIMITER) if isinstance(t, pl.List) else pl.col(c))
+                .alias(f"{c}:{_import_type(t)}") for c, t in frame.schema.items() if c not in ("start", "end")]
+    return frame.select(columns)
+
+
+def write_admin_import(data: Path, out: Path, database: str = "neo4j") -> list[str]:
+    """neo4j-admin's import files for the whole graph, one CSV per label and relationship type, and
+    the command that imports them into an empty database (returned as argv, also in out/IMPORT.txt).
+    Written to a temporary folder and renamed: a failed write leaves no partial set."""
+    from tasks.files import atomic_output
+
+    data, out = Path(data), Path(out)
+    nodes = {n.label: n for n in NODES if (data / n.file).exists()}
+    command = ["neo4j-admin", "database", "import", "full", "--overwrite-destination",
+               f"--array-delimiter={ARRAY_DELIMITER}", "--multiline-fields=true"]
+    with atomic_output(out) as tmp:
+        tmp.mkdir(parents=True)
+        for node in nodes.values():
+            frame = _import_frame(node.frame(data), {node.key: f":ID({node.label})"}, data / node.file)
+            frame.write_csv(tmp / f"{node.label}.csv")
+            command.append(f"--nodes={node.label}={out / f'{node.label}.csv'}")
+        for edge in EDGES:
+            if (data / edge.file).exists() and edge.start.label in nodes and edge.end.label in nodes:
+                frame = _import_frame(edge.frame(data), {"start": f":START_ID({edge.start.label})",
+                                                         "end": f":END_ID({edge.end.label})"}, data / edge.file)
+                frame.write_csv(tmp / f"{edge.type}.csv")
+                command.append(f"--relationships={edge.type}={out / f'{edge.type}.csv'}")
+        command.append(database)
+        (tmp / "IMPORT.txt").write_text(shlex.join(command) + "\n")
+    return command
+
+
+def _constraint(node: NodeSet) -> str:
+    return f"{node.label.lower()}_{node.key}"
+
+
+class GraphStore:
+    name = "neo4j"
+
+    def __init__(self, settings: Settings):
+        from neo4j import GraphDatabase
+        from neo4j.exceptions import AuthError, ServiceUnavailable
+
+        url, auth, self.database = settings.neo4j_target()
+        self.local = settings.local_graph
+        self.url = safe_url(url)
+        self.driver = GraphDatabase.driver(url, auth=auth, connection_timeout=10)
+        try:
+            self.driver.verify_connectivity()
+        except (ServiceUnavailable, AuthError, OSError) as exc:
+            self.driver.close()
+            raise StoreUnavailable(f"neo4j at {self.url} is unreachable: {exc}") from exc
+
+    def target(self) -> str:
+        return f"{self.url} database {self.database}"
+
+    def query(self, cypher: str, **params) -> list[dict]:
+        # Labels, types and property names in the statements are this module's constants; values
+        # are always parameters.
+        records, _, _ = self.driver.execute_query(cypher, params, database_=self.database)
+        return [r.data() for r in records]
+
+    # --- schema ------------------------------------------------------------------------------------
+
+    def create_schema(self, data: Path) -> None:
+        for node in NODES:
+            self.query(f"CREATE CONSTRAINT {_constraint(node)} IF NOT EXISTS "
+                      f"FOR (n:{node.label}) REQUIRE n.{node.key} IS UNIQUE")
+        for label, prop in INDEXES:
+            self.query(f"CREATE INDEX {label.lower()}_{prop} IF NOT EXISTS FOR (n:{label}) ON (n.{prop})")
+
+    def schema_missing(self) -> list[str]:
+        """Constraints and indexes this module makes that the server does not have."""
+        constraints = {(tuple(c["labelsOrTypes"]), tuple(c["properties"])) for c in self.query("SHOW CONSTRAINTS")
+                       if c.get("type") == "UNIQUENESS"}
+        indexes = {(tuple(i["labelsOrTypes"] or ()), tuple(i["properties"] or ())) for i in self.query("SHOW INDEXES")}
+        missing = [f"unique {n.label}.{n.key}" for n in NODES if ((n.label,), (n.key,)) not in constraints]
+        return missing + [f"index {label}.{prop}" for label, prop in INDEXES if ((label,), (prop,)) not in indexes]
+
+    # --- load --------------------------------------------------------------------------------------
+
+    def _stored(self, spec: NodeSet | EdgeSet, like: pl.DataFrame) -> pl.DataFrame:
+        """What the graph holds for a label or type, in the source frame's columns and types."""
+        if isinstance(spec, NodeSet):
+            cypher = f"MATCH (n:{spec.label}) RETURN " + ", ".join(f"n.{c} AS {c}" for c in like.columns)
+        else:
+            cypher = (f"MATCH (a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label}) "
+                      f"RETURN a.{spec.start.key} AS start, b.{spec.end.key} AS end"
+                      + "".join(f", r.{c} AS {c}" for c in like.columns[2:]))
+        with self.driver.session(database=self.database) as session:
+            rows = [tuple(r.values()) for r in session.run(cypher)]
+        return pl.DataFrame(rows, schema=like.schema, orient="row")
+
+    def _write(self, cypher: str, rows: pl.DataFrame, label: str, log: Log) -> int:
+        """UNWIND the rows in batches; returns how many the statement reports written."""
+        progress = Progress(lambda m: log(f"neo4j {label}: {m}"), "rows")
+        written = 0
+        for start in range(0, len(rows), BATCH):
+            batch = rows.slice(start, BATCH).to_dicts()
+            written += self.query(cypher, rows=batch)[0]["written"] if batch else 0
+            progress(start + len(batch), len(rows))
+        return written
+
+    def _sync(self, spec: NodeSet | EdgeSet, source: pl.DataFrame, log: Log) -> tuple[TableLoad, pl.DataFrame]:
+        """Create what is new, SET what differs, delete gone relationships; return the keys of gone
+        nodes (deleted last, once no relationship of the source points at them). New elements are
+        CREATEd, not MERGEd: the comparison has just shown they are absent, and one load runs per
+        store at a time (its concurrency limit); CREATE is ~2-4x faster over Bolt (store-load-probes)."""
+        keys = [spec.key] if isinstance(spec, NodeSet) else spec.keys
+        props = [c for c in source.columns if c not in keys and c not in ("start", "end")]
+        stored = self._stored(spec, source)
+        digest = pl.struct(pl.all()).hash().alias("_digest")
+        changed = source.with_columns(digest).join(stored.with_columns(digest).select([*keys, "_digest"]),
+                                                   on=[*keys, "_digest"], how="anti", nulls_equal=True).drop("_digest")
+        new = changed.join(stored.select(keys), on=keys, how="anti", nulls_equal=True)
+        updated = changed.join(stored.select(keys), on=keys, how="semi", nulls_equal=True)
+        gone = stored.select(keys).join(source.select(keys), on=keys, how="anti", nulls_equal=True)
+        result = TableLoad()
+        if isinstance(spec, NodeSet):
+            node = f"(n:{spec.label} {{{spec.key}: row.{spec.key}}})"
+            sets = "".join(f"{', ' if i else ' SET '}n.{p} = row.{p}" for i, p in enumerate(props))
+            result.written = self._write(f"UNWIND $rows AS row CREATE {node}{sets} RETURN count(n) AS written",
+                                         new, spec.label, log)
+            if sets:
+                result.written += self._write(f"UNWIND $rows AS row MATCH {node}{sets} RETURN count(n) AS written",
+                                              updated, spec.label, log)
+            return result, gone
+        ends = (f"(a:{spec.start.label} {{{spec.start.key}: row.start}})",
+                f"(b:{spec.end.label} {{{spec.end.key}: row.end}})")
+        edge = f"[r:{spec.type}" + (f" {{{spec.discriminator}: row.{spec.discriminator}}}]" if spec.discriminator
+                                    else "]")
+        if len(gone):
+            self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{edge}->{ends[1]} DELETE r RETURN count(*) AS written",
+                        gone, spec.type, log)
+            result.deleted = len(gone)
+        sets = "".join(f"{', ' if i else ' SET '}r.{p} = row.{p}" for i, p in enumerate(props))
+        result.written = self._write(f"UNWIND $rows AS row MATCH {ends[0]} MATCH {ends[1]} CREATE (a)-{edge}->(b)"
+                                     f"{sets} RETURN count(r) AS written", new, spec.type, log)
+        if sets:
+            result.written += self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{edge}->{ends[1]}{sets} "
+                                          "RETURN count(r) AS written", updated, spec.type, log)
+        if result.written != len(changed):  # an end node deleted meanwhile: never a silent drop
+            raise StaleInputs(f"neo4j {spec.type}: {len(changed) - result.written:,} of {len(changed):,} "
+                              "relationships found no end node; rerun the load")
+        return result, gone[:0]
+
+    def _check_ends(self, edge: EdgeSet, frame: pl.DataFrame, nodes: dict[str, pl.DataFrame], data: Path) -> None:
+        """Every relationship's ends are nodes of the source: else name the file and the ids."""
+        for side, node in (("start", edge.start), ("end", edge.end)):
+            known = nodes[node.label].select(pl.col(node.key).alias(side))
+            orphans = frame.select(side).unique().join(known, on=side, how="anti")
+            if len(orphans):
+                sample = ", ".join(str(v) for v in orphans[side].head(3).to_list())
+                raise StaleInputs(f"{Path(data) / edge.file}: {len(orphans):,} {edge.type} {side}s are no "
+                                  f"{node.label} of the source (e.g. {sample}; None: a movie missing from {MOVIES})")
+
+    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+        data = Path(data)
+        self.create_schema(data)
+        present = lambda spec: (data / spec.file).exists()  # noqa: E731
+        nodes = {n.label: n.frame(data) for n in NODES if present(n)}
+        edges = {}
+        for edge in EDGES:
+            if present(edge) and edge.start.label in nodes and edge.end.label in nodes:
+                edges[edge.type] = edge.frame(data)
+                self._check_ends(edge, edges[edge.type], nodes, data)
+        rows = sum(len(f) for f in edges.values())
+        if not self.local and rows > BOLT_MAX_ROWS and not any(self.count(e) for e in edges):
+            command = shlex.join(write_admin_import(data, data / IMPORT_DIR, self.database))
+            log(f"neo4j: {rows:,} relationships for an empty graph: import them with neo4j-admin, on the "
+                f"Neo4j server with the database stopped: {command}")
+            raise BulkImportRequired(f"neo4j at {self.url}: a first load of {rows:,} relationships is a bulk "
+                                     f"import (over {BOLT_MAX_ROWS:,}); files written to {data / IMPORT_DIR}; run on "
+                                     f"the server: {command}; then start the database and rerun this load, "
+                                     "which adds the constraints and checks every node and relationship")
+        report: dict[str, TableLoad] = {}
+        gone_nodes = {}
+        for node in NODES:  # nodes first: relationships MATCH their ends
+            if node.label in nodes:
+                report[node.label], gone_nodes[node.label] = self._sync(node, nodes[node.label], log)
+        for edge in EDGES:
+            if edge.type in edges:
+                started = time.perf_counter()
+                report[edge.type], _ = self._sync(edge, edges[edge.type], log)
+                if report[edge.type].written:
+                    log(f"neo4j {edge.type}: {report[edge.type].written:,} written in "
+                        f"{time.perf_counter() - started:.1f} s")
+        for node in NODES:  # last: DETACH removes what is left of their edges
+            gone = gone_nodes.get(node.label)
+            if gone is not None and len(gone):
+                self._write(f"UNWIND $rows AS row MATCH (n:{node.label} {{{node.key}: row.{node.key}}}) "
+                            "DETACH DELETE n RETURN count(*) AS written", gone, node.label, log)
+                report[node.label].deleted = len(gone)
+        for name, table in report.items():
+            table.rows = self.count(name)
+        return report
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def count(self, name: str) -> int:
+        spec = TABLES[name]
+        pattern = f"(n:{spec.label})" if isinstance(spec, NodeSet) else f"()-[n:{spec.type}]->()"
+        return self.query(f"MATCH {pattern} RETURN count(n) AS n")[0]["n"]
+
+    def counts(self) -> dict[str, int]:
+        return {name: self.count(name) for name in TABLES}
+
+    def ids(self, table: str) -> Iterator[str]:
+        spec = TABLES[table]
+        if isinstance(spec, NodeSet):
+            cypher = f"MATCH (n:{spec.label}) RETURN n.{spec.key} AS id"
+        else:
+            parts = [f"a.{spec.start.key}", f"b.{spec.end.key}"] + ([f"r.{spec.discriminator}"]
+                                                                    if spec.discriminator else [])
+            cypher = (f"MATCH (a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label}) RETURN "
+                      + " + '/' + ".join(f"toString({p})" for p in parts) + " AS id")
+        with self.driver.session(database=self.database) as session:
+            yield from (str(r["id"]) for r in session.run(cypher))
+
+    def checks(self, data: Path) -> dict:
+        orphans = {}
+        for edge in EDGES:  # relationships whose ends are not the labels they join
+            orphans[edge.type] = self.query(
+                f"MATCH (a)-[r:{edge.type}]->(b) WHERE NOT a:{edge.start.label} OR NOT b:{edge.end.label} "
+                "RETURN count(r) AS n")[0]["n"]
+        missing = self.schema_missing()
+        return {"missing_index": len(missing), "missing_schema": missing, "orphan_edges": sum(orphans.values()),
+                "orphans": orphans}
+
+    def vector(self, vector_set: str, item: str) -> list[float] | None:
+        return None  # the graph holds no vectors
+
+    def search(self, query: Query) -> list[Hit]:
+        raise NotImplementedError("the graph answers explainability queries, not vector searches")
+
+    def close(self) -> None:
+        self.driver.close()
+
+
+def open_store(settings: Settings) -> GraphStore:
+    return GraphStore(settings)

@@ -241,3 +241,30 @@ def test_a_large_first_load_into_a_remote_neo4j_writes_admin_import_files(store_
     folder = data / graph.IMPORT_DIR
     check_admin_import(folder, source_counts(data, "neo4j"))
     assert cypher(settings, "MATCH (n) RETURN count(n) AS n") == [{"n": 0}]  # nothing half-loaded over Bolt
+
+
+def test_a_bad_source_file_is_named_and_an_extra_column_is_ignored(store_data):
+    from tasks.stores.graph import EDGES, MEDIA
+
+    rated = next(e for e in EDGES if e.type == "RATED")
+    ratings_file = store_data / "processed" / "ratings.parquet"
+    good = ratings_file.read_bytes()
+    expected = rated.frame(store_data)
+    ratings_file.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(StaleInputs, match=r"ratings.parquet: unreadable"):
+        rated.frame(store_data)
+    ratings_file.write_bytes(good)
+    source = pl.read_parquet(ratings_file)
+    source.drop("time_of_day").write_parquet(ratings_file)  # a column short
+    with pytest.raises(StaleInputs, match=r"ratings.parquet: .*time_of_day"):
+        rated.frame(store_data)
+    source.with_columns(extra=pl.lit("x")).write_parquet(ratings_file)  # an extra column: not loaded
+    assert rated.frame(store_data).equals(expected)
+    source.vstack(source.head(1)).write_parquet(ratings_file)  # one rating twice
+    with pytest.raises(StaleInputs, match=r"RATED keys start, end repeat in 2 rows"):
+        rated.frame(store_data)
+    movies_file = store_data / "processed" / "movies.parquet"
+    movies = pl.read_parquet(movies_file)
+    movies.vstack(movies.head(1)).write_parquet(movies_file)
+    with pytest.raises(StaleInputs, match=r"movies.parquet: Media keys id repeat"):
+        MEDIA.frame(store_data)

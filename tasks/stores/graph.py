@@ -67,6 +67,16 @@ class BulkImportRequired(PipelineError, RuntimeError):
     """A first load too large for Bolt: neo4j-admin's files are written; the message gives the command."""
 
 
+def _collect(frame: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    """The source rows, or an error naming the file (polars' own does not, for a truncated file)."""
+    try:
+        return _strings(frame).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise StaleInputs(f"{path}: unreadable or without the columns the graph needs ({reason}); "
+                          "rerun the stage that writes it") from exc
+
+
 def _unique(frame: pl.DataFrame, keys: list[str], path: Path, name: str) -> pl.DataFrame:
     """The frame, when its keys are unique: two rows for one node or edge would leave the graph with
     whichever came last."""
@@ -89,7 +99,8 @@ class NodeSet:
         return self.label
 
     def frame(self, data: Path) -> pl.DataFrame:
-        return _unique(_strings(self.rows(data)).collect(), [self.key], Path(data) / self.file, self.label)
+        return _unique(_collect(self.rows(data), Path(data) / self.file), [self.key], Path(data) / self.file,
+                       self.label)
 
     def read(self, data: Path) -> pl.Series:
         """The source keys, as ids() writes them."""
@@ -114,7 +125,8 @@ class EdgeSet:
         return ["start", "end"] + ([self.discriminator] if self.discriminator else [])
 
     def frame(self, data: Path) -> pl.DataFrame:
-        return _unique(_strings(self.rows(data)).collect(), self.keys, Path(data) / self.file, self.type)
+        return _unique(_collect(self.rows(data), Path(data) / self.file), self.keys, Path(data) / self.file,
+                       self.type)
 
     def read(self, data: Path) -> pl.Series:
         frame = self.frame(data)
@@ -137,7 +149,8 @@ NODES = [MEDIA, USER, GENRE, TAG, PLATFORM]
 def _by_movie(data: Path, file: str, columns: list[str]) -> pl.LazyFrame:
     """A MovieLens file keyed by movie_id, with the Media key as `end` (an unknown movie stays null:
     the orphan check names it)."""
-    return _read(data, file, ["movie_id", *columns]).join(_media_ids(data), on="movie_id", how="left")\
+    return _read(data, file, ["movie_id", *columns]).join(_media_ids(data), on="movie_id", how="left",
+                                                          maintain_order="left")\
         .rename({"media_id": "end"})
 
 

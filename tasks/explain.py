@@ -18,7 +18,8 @@ from tasks.settings import Settings
 from tasks.stores import STORES
 
 LIKED = 4.0  # a rating at or above this is a like
-PEERS = 200  # raters of the item looked at for similar users
+PEERS = 50  # likers of the item looked at (a bound on the fan-out: a popular movie has ~80k at 25m scale)
+CANDIDATES = 5  # per item asked for: the items most liked by the likers, whose shared genres are counted
 EXAMPLES = 3  # evidence items named per reason
 
 # Both start from the item's few genres or tags and walk out from the user's ratings: starting from
@@ -43,13 +44,17 @@ MATCH (m)-[h:HAS_TAG]->(t)
 RETURN t.name AS name, h.relevance AS relevance, liked, examples
 ORDER BY liked DESC, relevance DESC, name LIMIT $limit"""
 
+# The item's likers first, each row one node (rows that carried the user's liked list past the ORDER BY
+# outgrew the server's query heap at 25m scale), then the user's liked items, once.
 PEER_USERS = """
-MATCH (u:User {id: $user})-[b:RATED]->(mine:Media)
-WHERE b.rating >= $liked AND mine.id <> $item
-WITH collect(mine.id) AS mine
 MATCH (m:Media {id: $item})<-[pr:RATED]-(peer:User)
 WHERE pr.rating >= $liked AND peer.id <> $user
-WITH mine, peer ORDER BY peer.id LIMIT $peers
+WITH peer ORDER BY peer.id LIMIT $peers
+WITH collect(peer) AS peers
+MATCH (u:User {id: $user})-[b:RATED]->(mine:Media)
+WHERE b.rating >= $liked AND mine.id <> $item
+WITH peers, collect(mine.id) AS mine
+UNWIND peers AS peer
 MATCH (peer)-[a:RATED]->(common:Media)
 WHERE a.rating >= $liked AND common.id IN mine
 WITH peer, common ORDER BY common.id
@@ -62,13 +67,15 @@ WHERE u.country IN a.regions
 RETURN p.id AS platform, p.name AS name, a.offer_type AS offer, a.price_usd AS price, u.country AS country
 ORDER BY platform"""
 
+# Ranked by likers first, genres counted only for the best candidates (counting them for every item
+# the likers liked took 5-20 s at 25m scale).
 CONNECTED = """
 MATCH (m:Media {id: $item})<-[r:RATED]-(peer:User)
 WHERE r.rating >= $liked
 WITH m, peer ORDER BY peer.id LIMIT $peers
 MATCH (peer)-[r2:RATED]->(other:Media)
 WHERE r2.rating >= $liked AND other <> m
-WITH m, other, count(peer) AS liked_by
+WITH m, other, count(peer) AS liked_by ORDER BY liked_by DESC, other.id LIMIT $candidates
 OPTIONAL MATCH (m)-[:HAS_GENRE]->(g:Genre)<-[:HAS_GENRE]-(other)
 WITH other, liked_by, count(g) AS genres
 RETURN other.id AS id, other.title AS title, liked_by, genres
@@ -122,7 +129,7 @@ def connected(settings: Settings, item: str, limit: int = 10) -> list[dict]:
     graph = _graph(settings)
     try:
         _require(graph, "Media", item)
-        return graph.query(CONNECTED, item=item, liked=LIKED, peers=PEERS, limit=limit)
+        return graph.query(CONNECTED, item=item, liked=LIKED, peers=PEERS, limit=limit, candidates=CANDIDATES * limit)
     finally:
         graph.close()
 

@@ -147,13 +147,23 @@ def _pg_after_start(settings: Settings) -> None:
 
 # --- ArcadeDB with the Bolt plugin -------------------------------------------------------------
 
-def _graph_command(settings: Settings, home: Path) -> list[str]:
+def graph_java(heap: str) -> list[str]:
+    """ArcadeDB's bundled JRE with its jars on the class path: the server, and its importer."""
     import arcadedb_embedded
 
     adb = Path(arcadedb_embedded.__file__).parent
+    return [str(adb / "jre" / "bin" / "java"), f"-Xmx{heap}", "--add-modules", "jdk.incubator.vector",
+            "-cp", str(adb / "jars") + "/*"]
+
+
+def graph_database_dir(settings: Settings) -> Path:
+    """The local graph server's database folder (database kg)."""
+    return (settings.services_dir / "graph" / "root" / "databases" / "kg").resolve()
+
+
+def _graph_command(settings: Settings, home: Path) -> list[str]:
     return [
-        str(adb / "jre" / "bin" / "java"), f"-Xmx{settings.graph_heap}", "--add-modules", "jdk.incubator.vector",
-        "-cp", str(adb / "jars") + "/*",
+        *graph_java(settings.graph_heap),
         f"-Darcadedb.server.rootPath={home / 'root'}",
         f"-Darcadedb.server.rootPassword={settings.local_password.get_secret_value()}",
         "-Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin",
@@ -307,16 +317,34 @@ def _await_ready(settings: Settings, name: str, proc: subprocess.Popen, deadline
     service.after_start(settings)
 
 
+def _exited(proc: psutil.Process, timeout: float) -> bool:
+    """Whether the process exits within `timeout`: gone, or a zombie. A server started by another
+    process that still runs (a benchmark's parent) stays a zombie until that parent reaps it, but it
+    holds no port and no file any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=0.5)
+            return True
+        except psutil.TimeoutExpired:
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return True
+            except psutil.NoSuchProcess:
+                return True
+        if time.monotonic() > deadline:
+            return False
+
+
 def stop_one(settings: Settings, name: str) -> str:
     proc = _recorded_process(settings, name)
     if proc is None:
         return "stopped"
     proc.send_signal(SERVICES[name].stop_signal)
-    try:
-        proc.wait(timeout=30)
-    except psutil.TimeoutExpired:
+    if not _exited(proc, 30):
         proc.kill()
-        proc.wait(timeout=10)
+        if not _exited(proc, 10):
+            raise ServiceError(f"{name} (pid {proc.pid}) did not stop")
     _record_path(settings, name).unlink(missing_ok=True)
     return "stopped"
 

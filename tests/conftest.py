@@ -92,6 +92,8 @@ def store_env(running_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Se
     and store tasks read the store settings from it."""
     monkeypatch.setenv("MG_POSTGRES_PORT", str(running_services.postgres_port))
     monkeypatch.setenv("MG_BOLT_PORT", str(running_services.bolt_port))
+    monkeypatch.setenv("MG_GRAPH_HTTP_PORT", str(running_services.graph_http_port))  # the graph's bulk path restarts it
+    monkeypatch.setenv("MG_GRAPH_HEAP", running_services.graph_heap)
     monkeypatch.setenv("MG_SERVICES_DIR", str(running_services.services_dir))
     return running_services
 

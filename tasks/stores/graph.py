@@ -12,15 +12,20 @@ the seed's `location` map is flattened into country and city); lists hold string
 
 Idempotent by comparison, like the other stores: a load reads what the graph holds for each node
 label and relationship type, CREATEs what is new, SETs what differs (UNWIND batches, matched on the
-keys), deletes what is gone from the source, and a rerun with unchanged data writes nothing. A relationship whose end is not a node of the source is an error naming the file and ids,
-never a silent drop (a MATCH that finds no node would create nothing).
-Uniqueness constraints on every label's key, and indexes for the explainability queries, are made
-with IF NOT EXISTS before the first write (MERGE looks nodes up by them).
+keys), deletes what is gone from the source, and a rerun with unchanged data writes nothing. A
+relationship whose end is not a node of the source is an error naming the file and ids, never a
+silent drop (a MATCH that finds no node would create nothing). Uniqueness constraints on every
+label's key, and indexes for the explainability queries, are made with IF NOT EXISTS before the
+first write (writes look nodes up by them). A first load of more than BOLT_MAX_ROWS relationships is
+a bulk import (see _import_local and write_admin_import).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,11 +41,17 @@ from tasks.stores.sources import StaleInputs
 
 BATCH = 10_000  # rows per UNWIND: larger batches were not faster over Bolt (store-load-probes)
 ARRAY_DELIMITER = ";"
-# A first load of more relationships than this into a remote Neo4j goes through neo4j-admin instead:
-# over Bolt, CREATE reaches ~8k relationships/s here (~4 min for 2M; 25M would take about an hour).
+# A first load of more relationships than this is a bulk import (ArcadeDB's GraphImporter on the
+# local server, neo4j-admin's files for a remote Neo4j): over Bolt, CREATE reaches ~8k relationships/s
+# here (~4 min for 2M; 25M would take about an hour).
 BOLT_MAX_ROWS = 2_000_000
 IMPORT_DIR = "exports/neo4j-import"  # under the data dir
-IMPORT_TYPES = {pl.Int64: "long", pl.Float64: "double", pl.Boolean: "boolean", pl.String: "string"}
+LOCAL_IMPORT_DIR = "exports/graph-import"  # ArcadeDB's importer's files, under the data dir
+IMPORT_HEAP = "3g"  # the importer held 4.3 GB RSS at -Xmx4g for 25M RATED (store-load-probes)
+IMPORTER = "com.arcadedb.integration.importer.graph.GraphImporter"
+IMPORTER_TYPES = {pl.Int64: "long:", pl.Float64: "double:", pl.Boolean: "bool:", pl.String: ""}  # its prefixes
+IMPORT_TYPES = {pl.Int64: "long", pl.Float64: "double", pl.Boolean: "boolean", pl.String: "string"}  # neo4j-admin's
+COMPARE_ROWS = 1_000_000  # relationships read back from the graph and compared at a time (memory)
 
 MOVIES, USERS, PLATFORMS = "processed/movies.parquet", "synthetic/users.parquet", "synthetic/platforms.parquet"
 RATINGS, TAGS = "processed/ratings.parquet", "processed/tags.parquet"
@@ -61,6 +72,10 @@ def _media_ids(data: Path) -> pl.LazyFrame:
 def _strings(frame: pl.LazyFrame) -> pl.LazyFrame:
     return frame.with_columns(pl.col(pl.Enum, pl.Categorical).cast(pl.String),
                               pl.col(pl.Float32).cast(pl.Float64), pl.col(pl.Int16, pl.Int32).cast(pl.Int64))
+
+
+class BulkImportFailed(PipelineError, RuntimeError):
+    """The local bulk import stopped; the message has the importer's last lines."""
 
 
 class BulkImportRequired(PipelineError, RuntimeError):
@@ -200,31 +215,64 @@ def _import_frame(frame: pl.DataFrame, ids: dict[str, str], path: Path) -> pl.Da
     return frame.select(columns)
 
 
-def write_admin_import(data: Path, out: Path, database: str = "neo4j") -> list[str]:
-    """neo4j-admin's import files for the whole graph, one CSV per label and relationship type, and
-    the command that imports them into an empty database (returned as argv, also in out/IMPORT.txt).
-    Written to a temporary folder and renamed: a failed write leaves no partial set."""
+def write_admin_import(data: Path, nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataFrame], out: Path,
+                       database: str = "neo4j") -> list[str]:
+    """neo4j-admin's import files for the graph's frames (by label and type, read from the data dir),
+    one CSV per label and relationship type, and the command that imports them into an empty database
+    (returned as argv, also in out/IMPORT.txt). Written to a temporary folder and renamed: a failed
+    write leaves no partial set."""
     from tasks.files import atomic_output
 
     data, out = Path(data), Path(out)
-    nodes = {n.label: n for n in NODES if (data / n.file).exists()}
     command = ["neo4j-admin", "database", "import", "full", "--overwrite-destination",
                f"--array-delimiter={ARRAY_DELIMITER}", "--multiline-fields=true"]
     with atomic_output(out) as tmp:
         tmp.mkdir(parents=True)
-        for node in nodes.values():
-            frame = _import_frame(node.frame(data), {node.key: f":ID({node.label})"}, data / node.file)
-            frame.write_csv(tmp / f"{node.label}.csv")
-            command.append(f"--nodes={node.label}={out / f'{node.label}.csv'}")
+        for node in NODES:
+            if node.label in nodes:
+                frame = _import_frame(nodes[node.label], {node.key: f":ID({node.label})"}, data / node.file)
+                frame.write_csv(tmp / f"{node.label}.csv")
+                command.append(f"--nodes={node.label}={out / f'{node.label}.csv'}")
         for edge in EDGES:
-            if (data / edge.file).exists() and edge.start.label in nodes and edge.end.label in nodes:
-                frame = _import_frame(edge.frame(data), {"start": f":START_ID({edge.start.label})",
+            if edge.type in edges:
+                frame = _import_frame(edges[edge.type], {"start": f":START_ID({edge.start.label})",
                                                          "end": f":END_ID({edge.end.label})"}, data / edge.file)
                 frame.write_csv(tmp / f"{edge.type}.csv")
                 command.append(f"--relationships={edge.type}={out / f'{edge.type}.csv'}")
         command.append(database)
         (tmp / "IMPORT.txt").write_text(shlex.join(command) + "\n")
     return command
+
+
+def _importer_property(column: str, dtype: pl.DataType) -> str:
+    return ("list:" if isinstance(dtype, pl.List) else IMPORTER_TYPES[dtype]) + column
+
+
+def write_local_import(nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataFrame], out: Path) -> Path:
+    """ArcadeDB GraphImporter's input: one JSONL file per label and type, and its config (returned).
+    Its numbers without a value become 0 and its ids are the keys' text: the load's comparison pass
+    afterwards puts every property as the Bolt path writes it."""
+    from tasks.files import atomic_output
+
+    config = {"vertices": [], "edgeSources": []}
+    with atomic_output(out) as tmp:
+        tmp.mkdir(parents=True)
+        for node in NODES:
+            if node.label in nodes:
+                frame = nodes[node.label]
+                frame.write_ndjson(tmp / f"{node.label}.jsonl")
+                config["vertices"].append({"type": node.label, "file": f"{node.label}.jsonl", "id": node.key,
+                                           "properties": {c: _importer_property(c, t) for c, t in frame.schema.items()}})
+        for edge in EDGES:
+            if edge.type in edges:
+                frame = edges[edge.type]
+                frame.write_ndjson(tmp / f"{edge.type}.jsonl")
+                config["edgeSources"].append({
+                    "edge": edge.type, "file": f"{edge.type}.jsonl", "from": f"start:{edge.start.label}",
+                    "to": f"end:{edge.end.label}",
+                    "properties": {c: _importer_property(c, t) for c, t in frame.schema.items() if c not in ("start", "end")}})
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    return out / "config.json"
 
 
 def _constraint(node: NodeSet) -> str:
@@ -235,13 +283,17 @@ class GraphStore:
     name = "neo4j"
 
     def __init__(self, settings: Settings):
+        self.settings = settings
+        url, self.auth, self.database = settings.neo4j_target()
+        self.local = settings.local_graph
+        self.url = safe_url(url)
+        self._connect(url)
+
+    def _connect(self, url: str) -> None:
         from neo4j import GraphDatabase
         from neo4j.exceptions import AuthError, ServiceUnavailable
 
-        url, auth, self.database = settings.neo4j_target()
-        self.local = settings.local_graph
-        self.url = safe_url(url)
-        self.driver = GraphDatabase.driver(url, auth=auth, connection_timeout=10)
+        self.driver = GraphDatabase.driver(url, auth=self.auth, connection_timeout=10)
         try:
             self.driver.verify_connectivity()
         except (ServiceUnavailable, AuthError, OSError) as exc:
@@ -276,16 +328,18 @@ class GraphStore:
 
     # --- load --------------------------------------------------------------------------------------
 
-    def _stored(self, spec: NodeSet | EdgeSet, like: pl.DataFrame) -> pl.DataFrame:
-        """What the graph holds for a label or type, in the source frame's columns and types."""
+    def _stored(self, spec: NodeSet | EdgeSet, like: pl.DataFrame, starts: list | None = None) -> pl.DataFrame:
+        """What the graph holds for a label or type (for relationships, those leaving `starts` when
+        given), in the source frame's columns and types."""
         if isinstance(spec, NodeSet):
             cypher = f"MATCH (n:{spec.label}) RETURN " + ", ".join(f"n.{c} AS {c}" for c in like.columns)
         else:
             cypher = (f"MATCH (a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label}) "
-                      f"RETURN a.{spec.start.key} AS start, b.{spec.end.key} AS end"
+                      + (f"WHERE a.{spec.start.key} IN $starts " if starts is not None else "")
+                      + f"RETURN a.{spec.start.key} AS start, b.{spec.end.key} AS end"
                       + "".join(f", r.{c} AS {c}" for c in like.columns[2:]))
         with self.driver.session(database=self.database) as session:
-            rows = [tuple(r.values()) for r in session.run(cypher)]
+            rows = [tuple(r.values()) for r in session.run(cypher, starts=starts)]
         return pl.DataFrame(rows, schema=like.schema, orient="row")
 
     def _write(self, cypher: str, rows: pl.DataFrame, label: str, log: Log) -> int:
@@ -298,14 +352,15 @@ class GraphStore:
             progress(start + len(batch), len(rows))
         return written
 
-    def _sync(self, spec: NodeSet | EdgeSet, source: pl.DataFrame, log: Log) -> tuple[TableLoad, pl.DataFrame]:
+    def _sync(self, spec: NodeSet | EdgeSet, source: pl.DataFrame, log: Log,
+              starts: list | None = None) -> tuple[TableLoad, pl.DataFrame]:
         """Create what is new, SET what differs, delete gone relationships; return the keys of gone
         nodes (deleted last, once no relationship of the source points at them). New elements are
         CREATEd, not MERGEd: the comparison has just shown they are absent, and one load runs per
         store at a time (its concurrency limit); CREATE is ~2-4x faster over Bolt (store-load-probes)."""
         keys = [spec.key] if isinstance(spec, NodeSet) else spec.keys
         props = [c for c in source.columns if c not in keys and c not in ("start", "end")]
-        stored = self._stored(spec, source)
+        stored = self._stored(spec, source, starts)
         digest = pl.struct(pl.all()).hash().alias("_digest")
         changed = source.with_columns(digest).join(stored.with_columns(digest).select([*keys, "_digest"]),
                                                    on=[*keys, "_digest"], how="anti", nulls_equal=True).drop("_digest")
@@ -341,6 +396,56 @@ class GraphStore:
                               "relationships found no end node; rerun the load")
         return result, gone[:0]
 
+    def _import_local(self, data: Path, nodes: dict, edges: dict, log: Log) -> None:
+        """The local server's bulk path: ArcadeDB's GraphImporter writes the database from files with
+        the server stopped (it ignores a running server's lock), into a staging folder swapped in
+        after; then the server starts again and the load's comparison pass checks (and completes)
+        every node and relationship over Bolt."""
+        from tasks import services
+
+        config = write_local_import(nodes, edges, data / LOCAL_IMPORT_DIR)
+        target = services.graph_database_dir(self.settings)
+        staging = target.with_name(f".{target.name}.import")
+        log(f"neo4j: {sum(len(f) for f in edges.values()):,} relationships for an empty local graph: "
+            f"bulk import with ArcadeDB's GraphImporter from {config.parent} (the server is stopped meanwhile)")
+        started = time.perf_counter()
+        self.driver.close()
+        services.stop(self.settings, ["graph"])
+        try:
+            done = subprocess.run([*services.graph_java(IMPORT_HEAP), IMPORTER, str(config), str(staging),
+                                   str(config.parent)], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
+                raise BulkImportFailed(f"graph bulk import from {config} failed (exit {done.returncode}):\n{tail}")
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            services.start(self.settings, ["graph"])
+            self._connect(self.settings.neo4j_target()[0])
+        log(f"neo4j: bulk import done in {time.perf_counter() - started:.1f} s; checking it over Bolt")
+        self.create_schema(data)
+
+    def _sync_edges(self, edge: EdgeSet, source: pl.DataFrame, starts: pl.Series, log: Log) -> TableLoad:
+        """_sync in chunks of start nodes holding about COMPARE_ROWS relationships, so that what is
+        read back from the graph stays bounded (25M RATED at 25m scale). Relationships of start nodes
+        gone from the source go with their node's DETACH DELETE."""
+        if len(source) <= COMPARE_ROWS:
+            return self._sync(edge, source, log)[0]
+        starts = starts.sort()
+        per_chunk = max(1, len(starts) * COMPARE_ROWS // len(source))
+        total, progress = TableLoad(), Progress(lambda m: log(f"neo4j {edge.type}: compared {m}"), "relationships")
+        done = 0
+        for first in range(0, len(starts), per_chunk):
+            keys = starts.slice(first, per_chunk)
+            part = source.filter(pl.col("start").is_in(keys.implode()))  # one chunk at a time: no second copy of all
+            result, _ = self._sync(edge, part, log, keys.to_list())
+            total.written += result.written
+            total.deleted += result.deleted
+            done += len(part)
+            progress(done, len(source))
+        return total
+
     def _check_ends(self, edge: EdgeSet, frame: pl.DataFrame, nodes: dict[str, pl.DataFrame], data: Path) -> None:
         """Every relationship's ends are nodes of the source: else name the file and the ids."""
         for side, node in (("start", edge.start), ("end", edge.end)):
@@ -362,14 +467,19 @@ class GraphStore:
                 edges[edge.type] = edge.frame(data)
                 self._check_ends(edge, edges[edge.type], nodes, data)
         rows = sum(len(f) for f in edges.values())
-        if not self.local and rows > BOLT_MAX_ROWS and not any(self.count(e) for e in edges):
-            command = shlex.join(write_admin_import(data, data / IMPORT_DIR, self.database))
+        bulk = rows > BOLT_MAX_ROWS and not any(self.count(e) for e in edges)  # a large first load
+        if bulk and not self.local:
+            command = shlex.join(write_admin_import(data, nodes, edges, data / IMPORT_DIR, self.database))
             log(f"neo4j: {rows:,} relationships for an empty graph: import them with neo4j-admin, on the "
                 f"Neo4j server with the database stopped: {command}")
             raise BulkImportRequired(f"neo4j at {self.url}: a first load of {rows:,} relationships is a bulk "
                                      f"import (over {BOLT_MAX_ROWS:,}); files written to {data / IMPORT_DIR}; run on "
                                      f"the server: {command}; then start the database and rerun this load, "
                                      "which adds the constraints and checks every node and relationship")
+        imported = {}
+        if bulk:
+            self._import_local(data, nodes, edges, log)
+            imported = {name: len(frame) for name, frame in {**nodes, **edges}.items()}
         report: dict[str, TableLoad] = {}
         gone_nodes = {}
         for node in NODES:  # nodes first: relationships MATCH their ends
@@ -378,7 +488,8 @@ class GraphStore:
         for edge in EDGES:
             if edge.type in edges:
                 started = time.perf_counter()
-                report[edge.type], _ = self._sync(edge, edges[edge.type], log)
+                report[edge.type] = self._sync_edges(edge, edges[edge.type], nodes[edge.start.label][edge.start.key],
+                                                     log)
                 if report[edge.type].written:
                     log(f"neo4j {edge.type}: {report[edge.type].written:,} written in "
                         f"{time.perf_counter() - started:.1f} s")
@@ -390,6 +501,7 @@ class GraphStore:
                 report[node.label].deleted = len(gone)
         for name, table in report.items():
             table.rows = self.count(name)
+            table.written = max(table.written, imported.get(name, 0))  # what the comparison completed is imported too
         return report
 
     # --- reads -------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ Per store, under DATA_DIR/stores/:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 
 import polars as pl
@@ -48,6 +50,14 @@ def inputs_digest(data: Path, name: str, target: str) -> str:
     return stage_key(LOAD_VERSION, inputs, {"target": target, "inputs": [str(p.relative_to(data)) for p in inputs]})
 
 
+def _id_frame(ids: Iterable[str], batch: int = 1_000_000) -> pl.DataFrame:
+    """Ids into one column a million at a time: 25M RATED ids as Python strings alone held ~2 GB."""
+    parts, ids = [], iter(ids)
+    while chunk := list(islice(ids, batch)):
+        parts.append(pl.Series("id", chunk, dtype=pl.String))
+    return (pl.concat(parts) if parts else pl.Series("id", [], dtype=pl.String)).to_frame()
+
+
 def reconcile(store: Store, data: Path) -> dict:
     """Per table: the source ids missing from the store and the store's ids the source lacks."""
     result = {}
@@ -55,7 +65,7 @@ def reconcile(store: Store, data: Path) -> dict:
         if not (Path(data) / keys.file).exists():
             continue
         source = keys.read(data).to_frame()
-        stored = pl.Series("id", list(store.ids(table)), dtype=pl.String).to_frame()
+        stored = _id_frame(store.ids(table))
         missing = source.join(stored, on="id", how="anti")["id"].sort()
         extra = stored.join(source, on="id", how="anti")["id"].sort()
         result[table] = {"source": len(source), "store": len(stored), "missing": len(missing), "extra": len(extra),

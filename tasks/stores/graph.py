@@ -412,8 +412,10 @@ class GraphStore:
         self.driver.close()
         services.stop(self.settings, ["graph"])
         try:
+            # Run beside the server: ArcadeDB writes its log/ folder into the working directory.
             done = subprocess.run([*services.graph_java(IMPORT_HEAP), IMPORTER, str(config), str(staging),
-                                   str(config.parent)], capture_output=True, text=True, check=False)
+                                   str(config.parent)], capture_output=True, text=True, check=False,
+                                  cwd=target.parents[2])
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
                 raise BulkImportFailed(f"graph bulk import from {config} failed (exit {done.returncode}):\n{tail}")

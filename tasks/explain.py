@@ -98,10 +98,11 @@ def _graph(settings: Settings):
 
 
 def _require(graph, label: str, key) -> dict:
-    found = graph.query(f"MATCH (n:{label} {{id: $key}}) RETURN n.title AS title, n.country AS country", key=key)
+    """The node's properties; NotInGraph naming it when it is absent."""
+    found = graph.query(f"MATCH (n:{label} {{id: $key}}) RETURN properties(n) AS node", key=key)
     if not found:
         raise NotInGraph(f"{label} {key!r} is not in the graph at {graph.target()}; load it with python -m flows.load")
-    return found[0]
+    return found[0]["node"]
 
 
 def explain(settings: Settings, user: int, item: str, limit: int = 5) -> list[Reason]:

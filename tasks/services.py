@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from tasks.errors import PipelineError
-from tasks.settings import LOCAL_HOST, Settings
+from tasks.settings import LOCAL_GRAPH_DATABASE, LOCAL_HOST, Settings
 
 SERVICE_USER = "mediagw"  # PostgreSQL refuses to run as root
 START_TIMEOUT_S = 90
@@ -156,9 +156,14 @@ def graph_java(heap: str) -> list[str]:
             "-cp", str(adb / "jars") + "/*"]
 
 
+def graph_home(settings: Settings) -> Path:
+    """Where the local graph server runs (its working directory: ArcadeDB writes log/ there)."""
+    return (settings.services_dir / "graph").resolve()
+
+
 def graph_database_dir(settings: Settings) -> Path:
-    """The local graph server's database folder (database kg)."""
-    return (settings.services_dir / "graph" / "root" / "databases" / "kg").resolve()
+    """The local graph server's database folder."""
+    return graph_home(settings) / "root" / "databases" / LOCAL_GRAPH_DATABASE
 
 
 def _graph_command(settings: Settings, home: Path) -> list[str]:
@@ -170,7 +175,7 @@ def _graph_command(settings: Settings, home: Path) -> list[str]:
         f"-Darcadedb.bolt.host={LOCAL_HOST}", f"-Darcadedb.bolt.port={settings.bolt_port}",
         f"-Darcadedb.server.httpIncomingHost={LOCAL_HOST}",
         f"-Darcadedb.server.httpIncomingPort={settings.graph_http_port}",
-        "-Darcadedb.server.defaultDatabases=kg[root]",
+        f"-Darcadedb.server.defaultDatabases={LOCAL_GRAPH_DATABASE}[root]",
         "com.arcadedb.server.ArcadeDBServer",
     ]
 

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_HOST = "127.0.0.1"
+LOCAL_GRAPH_DATABASE = "kg"  # the database the local graph server creates and serves
 NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
 
 
@@ -129,7 +130,8 @@ class Settings(BaseSettings):
         if self.neo4j_url is not None:
             password = self.neo4j_password.get_secret_value() if self.neo4j_password else ""
             return self.neo4j_url, (self.neo4j_user, password), self.neo4j_database
-        return f"bolt://{LOCAL_HOST}:{self.bolt_port}", ("root", self.local_password.get_secret_value()), "kg"
+        return f"bolt://{LOCAL_HOST}:{self.bolt_port}", ("root", self.local_password.get_secret_value()), \
+            LOCAL_GRAPH_DATABASE
 
     def milvus_target(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")

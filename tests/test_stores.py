@@ -30,7 +30,6 @@ from tasks.stores.sources import VECTOR_SETS, h5_ids
 from tests.conftest import ROOT
 
 
-
 @pytest.fixture()
 def pg_url(store_env: Settings, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh database on the session's server for this test, given as a user gives a remote one."""

@@ -113,8 +113,12 @@ class NodeSet:
     def name(self) -> str:
         return self.label
 
+    @property
+    def keys(self) -> list[str]:
+        return [self.key]
+
     def frame(self, data: Path) -> pl.DataFrame:
-        return _unique(_collect(self.rows(data), Path(data) / self.file), [self.key], Path(data) / self.file,
+        return _unique(_collect(self.rows(data), Path(data) / self.file), self.keys, Path(data) / self.file,
                        self.label)
 
     def read(self, data: Path) -> pl.Series:
@@ -348,53 +352,64 @@ class GraphStore:
         written = 0
         for start in range(0, len(rows), BATCH):
             batch = rows.slice(start, BATCH).to_dicts()
-            written += self.query(cypher, rows=batch)[0]["written"] if batch else 0
+            written += self.query(cypher, rows=batch)[0]["written"]
             progress(start + len(batch), len(rows))
         return written
 
-    def _sync(self, spec: NodeSet | EdgeSet, source: pl.DataFrame, log: Log,
-              starts: list | None = None) -> tuple[TableLoad, pl.DataFrame]:
-        """Create what is new, SET what differs, delete gone relationships; return the keys of gone
-        nodes (deleted last, once no relationship of the source points at them). New elements are
-        CREATEd, not MERGEd: the comparison has just shown they are absent, and one load runs per
-        store at a time (its concurrency limit); CREATE is ~2-4x faster over Bolt (store-load-probes)."""
-        keys = [spec.key] if isinstance(spec, NodeSet) else spec.keys
-        props = [c for c in source.columns if c not in keys and c not in ("start", "end")]
+    def _diff(self, spec: NodeSet | EdgeSet, source: pl.DataFrame,
+              starts: list | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """(new, updated, gone): source rows the graph lacks, source rows that differ from the graph's,
+        and the keys of the graph's elements the source lacks."""
         stored = self._stored(spec, source, starts)
         digest = pl.struct(pl.all()).hash().alias("_digest")
-        changed = source.with_columns(digest).join(stored.with_columns(digest).select([*keys, "_digest"]),
-                                                   on=[*keys, "_digest"], how="anti", nulls_equal=True).drop("_digest")
-        new = changed.join(stored.select(keys), on=keys, how="anti", nulls_equal=True)
-        updated = changed.join(stored.select(keys), on=keys, how="semi", nulls_equal=True)
-        gone = stored.select(keys).join(source.select(keys), on=keys, how="anti", nulls_equal=True)
-        result = TableLoad()
-        if isinstance(spec, NodeSet):
-            node = f"(n:{spec.label} {{{spec.key}: row.{spec.key}}})"
-            sets = "".join(f"{', ' if i else ' SET '}n.{p} = row.{p}" for i, p in enumerate(props))
-            result.written = self._write(f"UNWIND $rows AS row CREATE {node}{sets} RETURN count(n) AS written",
-                                         new, spec.label, log)
-            if sets:
-                result.written += self._write(f"UNWIND $rows AS row MATCH {node}{sets} RETURN count(n) AS written",
-                                              updated, spec.label, log)
-            return result, gone
-        ends = (f"(a:{spec.start.label} {{{spec.start.key}: row.start}})",
-                f"(b:{spec.end.label} {{{spec.end.key}: row.end}})")
-        edge = f"[r:{spec.type}" + (f" {{{spec.discriminator}: row.{spec.discriminator}}}]" if spec.discriminator
-                                    else "]")
-        if len(gone):
-            self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{edge}->{ends[1]} DELETE r RETURN count(*) AS written",
-                        gone, spec.type, log)
-            result.deleted = len(gone)
-        sets = "".join(f"{', ' if i else ' SET '}r.{p} = row.{p}" for i, p in enumerate(props))
-        result.written = self._write(f"UNWIND $rows AS row MATCH {ends[0]} MATCH {ends[1]} CREATE (a)-{edge}->(b)"
-                                     f"{sets} RETURN count(r) AS written", new, spec.type, log)
+        changed = source.with_columns(digest).join(stored.with_columns(digest).select([*spec.keys, "_digest"]),
+                                                   on=[*spec.keys, "_digest"], how="anti", nulls_equal=True)\
+            .drop("_digest")
+        stored_keys = stored.select(spec.keys)
+        return (changed.join(stored_keys, on=spec.keys, how="anti", nulls_equal=True),
+                changed.join(stored_keys, on=spec.keys, how="semi", nulls_equal=True),
+                stored_keys.join(source.select(spec.keys), on=spec.keys, how="anti", nulls_equal=True))
+
+    # New elements are CREATEd, not MERGEd: the comparison has just shown they are absent, and one load
+    # runs per store at a time (its concurrency limit); CREATE is ~2-4x faster over Bolt (store-load-probes).
+
+    def _sync_nodes(self, node: NodeSet, source: pl.DataFrame, log: Log) -> tuple[TableLoad, pl.DataFrame]:
+        """Create what is new, SET what differs; return the keys of gone nodes, deleted last, once no
+        relationship of the source points at them."""
+        new, updated, gone = self._diff(node, source)
+        match = f"(n:{node.label} {{{node.key}: row.{node.key}}})"
+        sets = "".join(f"{', ' if i else ' SET '}n.{p} = row.{p}"
+                       for i, p in enumerate(c for c in source.columns if c not in node.keys))
+        result = TableLoad(written=self._write(f"UNWIND $rows AS row CREATE {match}{sets} RETURN count(n) AS written",
+                                               new, node.label, log))
         if sets:
-            result.written += self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{edge}->{ends[1]}{sets} "
-                                          "RETURN count(r) AS written", updated, spec.type, log)
-        if result.written != len(changed):  # an end node deleted meanwhile: never a silent drop
-            raise StaleInputs(f"neo4j {spec.type}: {len(changed) - result.written:,} of {len(changed):,} "
+            result.written += self._write(f"UNWIND $rows AS row MATCH {match}{sets} RETURN count(n) AS written",
+                                          updated, node.label, log)
+        return result, gone
+
+    def _sync_edge_part(self, edge: EdgeSet, source: pl.DataFrame, log: Log, starts: list | None = None) -> TableLoad:
+        """Delete gone relationships, create what is new, SET what differs (those leaving `starts`)."""
+        new, updated, gone = self._diff(edge, source, starts)
+        ends = (f"(a:{edge.start.label} {{{edge.start.key}: row.start}})",
+                f"(b:{edge.end.label} {{{edge.end.key}: row.end}})")
+        rel = f"[r:{edge.type}" + (f" {{{edge.discriminator}: row.{edge.discriminator}}}]" if edge.discriminator
+                                   else "]")
+        result = TableLoad(deleted=len(gone))
+        if len(gone):
+            self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{rel}->{ends[1]} DELETE r RETURN count(*) AS written",
+                        gone, edge.type, log)
+        sets = "".join(f"{', ' if i else ' SET '}r.{p} = row.{p}"
+                       for i, p in enumerate(c for c in source.columns if c not in edge.keys))
+        result.written = self._write(f"UNWIND $rows AS row MATCH {ends[0]} MATCH {ends[1]} CREATE (a)-{rel}->(b)"
+                                     f"{sets} RETURN count(r) AS written", new, edge.type, log)
+        if sets:
+            result.written += self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{rel}->{ends[1]}{sets} "
+                                          "RETURN count(r) AS written", updated, edge.type, log)
+        if result.written != len(new) + len(updated):  # an end node deleted meanwhile: never a silent drop
+            missing = len(new) + len(updated) - result.written
+            raise StaleInputs(f"neo4j {edge.type}: {missing:,} of {len(new) + len(updated):,} "
                               "relationships found no end node; rerun the load")
-        return result, gone[:0]
+        return result
 
     def _import_local(self, data: Path, nodes: dict, edges: dict, log: Log) -> None:
         """The local server's bulk path: ArcadeDB's GraphImporter writes the database from files with
@@ -415,7 +430,7 @@ class GraphStore:
             # Run beside the server: ArcadeDB writes its log/ folder into the working directory.
             done = subprocess.run([*services.graph_java(IMPORT_HEAP), IMPORTER, str(config), str(staging),
                                    str(config.parent)], capture_output=True, text=True, check=False,
-                                  cwd=target.parents[2])
+                                  cwd=services.graph_home(self.settings))
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
                 raise BulkImportFailed(f"graph bulk import from {config} failed (exit {done.returncode}):\n{tail}")
@@ -429,11 +444,11 @@ class GraphStore:
         self.create_schema(data)
 
     def _sync_edges(self, edge: EdgeSet, source: pl.DataFrame, starts: pl.Series, log: Log) -> TableLoad:
-        """_sync in chunks of start nodes holding about COMPARE_ROWS relationships, so that what is
+        """_sync_edge_part in chunks of start nodes holding about COMPARE_ROWS relationships, so that what is
         read back from the graph stays bounded (25M RATED at 25m scale). Relationships of start nodes
         gone from the source go with their node's DETACH DELETE."""
         if len(source) <= COMPARE_ROWS:
-            return self._sync(edge, source, log)[0]
+            return self._sync_edge_part(edge, source, log)
         starts = starts.sort()
         per_chunk = max(1, len(starts) * COMPARE_ROWS // len(source))
         total, progress = TableLoad(), Progress(lambda m: log(f"neo4j {edge.type}: compared {m}"), "relationships")
@@ -441,7 +456,7 @@ class GraphStore:
         for first in range(0, len(starts), per_chunk):
             keys = starts.slice(first, per_chunk)
             part = source.filter(pl.col("start").is_in(keys.implode()))  # one chunk at a time: no second copy of all
-            result, _ = self._sync(edge, part, log, keys.to_list())
+            result = self._sync_edge_part(edge, part, log, keys.to_list())
             total.written += result.written
             total.deleted += result.deleted
             done += len(part)
@@ -486,7 +501,7 @@ class GraphStore:
         gone_nodes = {}
         for node in NODES:  # nodes first: relationships MATCH their ends
             if node.label in nodes:
-                report[node.label], gone_nodes[node.label] = self._sync(node, nodes[node.label], log)
+                report[node.label], gone_nodes[node.label] = self._sync_nodes(node, nodes[node.label], log)
         for edge in EDGES:
             if edge.type in edges:
                 started = time.perf_counter()

@@ -65,6 +65,21 @@ def compare(ours: dict, baseline: dict) -> dict:
             "cpu_speedup": round(baseline["cpu_s"] / ours["cpu_s"], 2) if ours["cpu_s"] else None}
 
 
+def timed_load(settings, store: str) -> tuple[dict, list[tuple[float, str]], float]:
+    """One store's load stage (tasks.stores.loading.load_store), its log lines echoed to stderr and
+    timed: (summary, [(seconds since the start, line)], seconds)."""
+    from tasks.stores.loading import load_store
+
+    started, events = time.perf_counter(), []
+
+    def log(message: str) -> None:
+        events.append((time.perf_counter() - started, message))
+        print(message, file=sys.stderr, flush=True)
+
+    summary = load_store(settings, store, log)
+    return summary, events, time.perf_counter() - started
+
+
 def cpu_model() -> str:
     """Which CPU a figure came from, and whether it multiplies bf16 natively (AMX / AVX512-BF16)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""

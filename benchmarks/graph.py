@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, cpu_model, measure, run_child, timed_load  # noqa: E402
 
 DATA = CACHE / "graph-data-25m"
 SERVICES = CACHE / "graph-services"
@@ -109,15 +109,7 @@ def server_rss_mb() -> int:
 def ours() -> dict:
     from tasks.stores.loading import load_store
 
-    events = []
-
-    def log(message: str) -> None:
-        events.append((time.perf_counter(), message))
-        print(message, file=sys.stderr, flush=True)
-
-    started = time.perf_counter()
-    summary = load_store(settings(), "neo4j", log)
-    loaded = time.perf_counter() - started
+    summary, events, loaded = timed_load(settings(), "neo4j")
     bulk = next((float(m.split("done in ")[1].split(" s")[0]) for _, m in events if "bulk import done in" in m), None)
     rated = summary["tables"]["RATED"]["rows"]
     started = time.perf_counter()

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     neo4j_database: str = "neo4j"
     milvus_uri: str | None = Field(None, description="http(s)://host:port of Milvus, or a Milvus Lite .db path")
     milvus_token: SecretStr | None = None
+    agentdb_dir: Path | None = Field(None, description="Folder of the AgentDB shards (default DATA_DIR/agentdb/shards).")
+    agentdb_users_per_shard: int = Field(
+        10_000, ge=1, le=100_000,
+        description="Users per AgentDB shard file: with the 200-step cap, 10,000 users stay under ~1 GB.")
 
     # Local servers (loopback only).
     local_password: SecretStr = SecretStr("mediagw-local")
@@ -135,6 +139,9 @@ class Settings(BaseSettings):
 
     def milvus_target(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")
+
+    def agentdb_target(self) -> Path:
+        return self.agentdb_dir or self.data_dir / "agentdb" / "shards"
 
     @property
     def prefect_api_url(self) -> str:

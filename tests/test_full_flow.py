@@ -40,7 +40,7 @@ def test_default_run_ingests_a_generated_release_and_reports(prefect_server, sto
     assert (data / "synthetic" / "users.parquet").exists() and (data / "synthetic" / "media_catalog.parquet").exists()
     assert "embed              skipped" in out
     assert f"{'postgres':18} loaded" in out and f"{'milvus':18} loaded" in out and f"{'neo4j':18} loaded" in out
-    assert f"{'agentdb':18} not built yet" in out
+    assert f"{'agentdb':18} loaded" in out
     stats = json.loads((data / "processed" / "stats.json").read_text())
     assert stats["files"]["ratings"]["rows_written"] == pl.scan_parquet(
         data / "processed" / "ratings.parquet").select(pl.len()).collect().item() > 50_000

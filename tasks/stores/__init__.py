@@ -51,5 +51,5 @@ STORES: dict[str, StoreSpec] = {s.name: s for s in [
     StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
               searches=True),
     StoreSpec("neo4j", "graph", "the knowledge graph: media, users, genres, tags, platforms (Neo4j or the local Bolt server)"),
-    StoreSpec("agentdb", None, "RL episodes, policies and replay buffers (AgentDB)", "#13 (AgentDB store)"),
+    StoreSpec("agentdb", "agentdb", "RL episodes, policies, replay buffers and user state embeddings (AgentDB shards)"),
 ]}

@@ -11,7 +11,7 @@ Per store, under DATA_DIR/stores/:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -50,12 +50,28 @@ def inputs_digest(data: Path, name: str, target: str) -> str:
     return stage_key(LOAD_VERSION, inputs, {"target": target, "inputs": [str(p.relative_to(data)) for p in inputs]})
 
 
-def _id_frame(ids: Iterable[str], batch: int = 1_000_000) -> pl.DataFrame:
-    """Ids into one column a million at a time: 25M RATED ids as Python strings alone held ~2 GB."""
-    parts, ids = [], iter(ids)
+def _hashes(ids: Iterable[str], batch: int = 1_000_000) -> Iterator[tuple[pl.Series, pl.Series]]:
+    """(ids, their 64-bit hashes), a million at a time."""
+    ids = iter(ids)
     while chunk := list(islice(ids, batch)):
-        parts.append(pl.Series("id", chunk, dtype=pl.String))
-    return (pl.concat(parts) if parts else pl.Series("id", [], dtype=pl.String)).to_frame()
+        part = pl.Series("id", chunk, dtype=pl.String)
+        yield part, part.hash(seed=0)
+
+
+def _compare_ids(source: pl.Series, stored: Callable[[], Iterable[str]]) -> tuple[int, pl.Series, pl.Series]:
+    """(stored count, source ids missing from the store, stored ids the source lacks). The stored ids
+    are compared as 64-bit hashes: 25M RATED ids as Python strings held ~2 GB, and string columns of
+    both sides 3.6 GB at 16.6M AgentDB experiences. Extra ids are read again, as strings, only when
+    there are some. A hash collision could only hide one missing id behind one extra id (p ~ n^2 /
+    2^65: 1e-5 at 25M)."""
+    source_hashes = source.hash(seed=0)
+    stored_hashes = pl.concat([h for _, h in _hashes(stored())] or [pl.Series([], dtype=pl.UInt64)])
+    missing = source.filter(~source_hashes.is_in(stored_hashes.implode()))
+    extra_hashes = stored_hashes.filter(~stored_hashes.is_in(source_hashes.implode()))
+    extra = [pl.Series("id", [], dtype=pl.String)]
+    if len(extra_hashes):
+        extra += [part.filter(hashed.is_in(extra_hashes.implode())) for part, hashed in _hashes(stored())]
+    return len(stored_hashes), missing, pl.concat(extra)
 
 
 def reconcile(store: Store, data: Path) -> dict:
@@ -64,13 +80,11 @@ def reconcile(store: Store, data: Path) -> dict:
     for table, keys in STORES[store.name].implementation().TABLES.items():
         if not (Path(data) / keys.file).exists():
             continue
-        source = keys.read(data).to_frame()
-        stored = _id_frame(store.ids(table))
-        missing = source.join(stored, on="id", how="anti")["id"].sort()
-        extra = stored.join(source, on="id", how="anti")["id"].sort()
-        result[table] = {"source": len(source), "store": len(stored), "missing": len(missing), "extra": len(extra),
-                         "missing_sample": missing.head(SAMPLE_IDS).to_list(),
-                         "extra_sample": extra.head(SAMPLE_IDS).to_list()}
+        source = keys.read(data)
+        stored, missing, extra = _compare_ids(source, lambda: store.ids(table))
+        result[table] = {"source": len(source), "store": stored, "missing": len(missing), "extra": len(extra),
+                         "missing_sample": missing.sort().head(SAMPLE_IDS).to_list(),
+                         "extra_sample": extra.sort().head(SAMPLE_IDS).to_list()}
     return result
 
 

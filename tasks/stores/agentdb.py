@@ -1,0 +1,440 @@
+"""AgentDB: the npm package `agentdb` (SQLite through sql.js), written as its own LearningSystem
+tables with Python's sqlite3, in shard files of users (agentdb-notes.md).
+
+- Tables, as agentdb 1.6.1 creates them: learning_sessions (one per user, and one per replay
+  buffer), learning_experiences (one per episode step), learning_policies (one per user session:
+  the "state|action" maps agentdb predicts from) and learning_state_embeddings (the user's vector as
+  the embedding of their latest state).
+- Shards: users user_id // users_per_shard go to shard-NNNNN.sqlite; the replay buffers to
+  buffers.sqlite. agentdb reads a whole file into memory: with the 200-step cap a shard of 10,000
+  users holds at most 2M experiences, and the check fails any file over MAX_SHARD_BYTES.
+- Idempotent by shard: a shard is rewritten only when the digest of what it would hold changed; it
+  is written under a temporary name and renamed, so agentdb never opens a half-written file. The
+  manifest (manifest.json) lists every shard with its users, digest, size, sha256 and counts;
+  files it does not list are removed.
+- Deterministic: no wall-clock time is written (times come from the ratings), so the same inputs
+  give the same bytes.
+- Writer rules: times in ms, camelCase config keys, status 'active' (agentdb predicts only for
+  active sessions), no '|' in states or actions, a terminal step has next_state NULL and
+  {"terminal": true} in its metadata, journal_mode DELETE at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from adbc_driver_sqlite import dbapi as sqlite_dbapi
+
+from tasks import episodes as rl
+from tasks.errors import PipelineError
+from tasks.files import ZSTD, atomic_output
+from tasks.progress import Progress
+from tasks.settings import Settings
+from tasks.stores.base import Hit, Log, Query, TableLoad
+from tasks.stores.sources import h5_ids, open_h5
+
+FORMAT = "agentdb-1"  # bump when what a shard holds changes: every shard is then rewritten
+MAX_SHARD_BYTES = 1 << 30
+MANIFEST = "manifest.json"
+BUFFER_FILE = "buffers.sqlite"
+BUFFER_USER = "replay-buffer"
+USER_VECTORS = "embeddings/users.h5"
+DIGITS = 6  # decimals of the values in policies and metadata
+WORKERS = max(1, min(os.cpu_count() or 1, 4))  # shard writers; each holds one shard's rows (~1 GB at most)
+
+# agentdb 1.6.1's LearningSystem schema (its initializeSchema); the indexes are built after the rows.
+TABLES_DDL = """
+CREATE TABLE learning_sessions (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, session_type TEXT NOT NULL,
+  config TEXT NOT NULL, start_time INTEGER NOT NULL, end_time INTEGER, status TEXT NOT NULL, metadata TEXT);
+CREATE TABLE learning_experiences (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+  state TEXT NOT NULL, action TEXT NOT NULL, reward REAL NOT NULL, next_state TEXT, success INTEGER NOT NULL,
+  timestamp INTEGER NOT NULL, metadata TEXT,
+  FOREIGN KEY (session_id) REFERENCES learning_sessions(id) ON DELETE CASCADE);
+CREATE TABLE learning_policies (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+  state_action_pairs TEXT NOT NULL, q_values TEXT NOT NULL, visit_counts TEXT NOT NULL, avg_rewards TEXT NOT NULL,
+  version INTEGER NOT NULL, created_at INTEGER DEFAULT (strftime('%s', 'now')),
+  FOREIGN KEY (session_id) REFERENCES learning_sessions(id) ON DELETE CASCADE);
+CREATE TABLE learning_state_embeddings (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL,
+  state TEXT NOT NULL, embedding BLOB NOT NULL,
+  FOREIGN KEY (session_id) REFERENCES learning_sessions(id) ON DELETE CASCADE);
+"""
+INDEXES_DDL = """
+CREATE INDEX idx_learning_sessions_user ON learning_sessions(user_id);
+CREATE INDEX idx_learning_sessions_status ON learning_sessions(status);
+CREATE INDEX idx_learning_experiences_session ON learning_experiences(session_id);
+CREATE INDEX idx_learning_experiences_reward ON learning_experiences(reward);
+CREATE INDEX idx_learning_policies_session ON learning_policies(session_id);
+CREATE INDEX idx_learning_state_embeddings_session ON learning_state_embeddings(session_id);
+"""
+COLUMNS = {
+    "learning_sessions": ["id", "user_id", "session_type", "config", "start_time", "end_time", "status", "metadata"],
+    "learning_experiences": ["session_id", "state", "action", "reward", "next_state", "success", "timestamp",
+                             "metadata"],
+    "learning_policies": ["session_id", "state_action_pairs", "q_values", "visit_counts", "avg_rewards", "version",
+                          "created_at"],
+    "learning_state_embeddings": ["session_id", "state", "embedding"],
+}
+# Each table's key as ids() reads it back; an experience is its session and step (buffers: slot).
+ID_SQL = {
+    "learning_sessions": "SELECT id FROM learning_sessions",
+    "learning_experiences": "SELECT session_id || '/' || coalesce(json_extract(metadata, '$.slot'), "
+                            "json_extract(metadata, '$.step')) FROM learning_experiences",
+    "learning_policies": "SELECT session_id FROM learning_policies",
+    "learning_state_embeddings": "SELECT session_id FROM learning_state_embeddings",
+}
+
+
+class CorruptShard(PipelineError, RuntimeError):
+    """A shard file differs from what the load wrote (truncated, changed or missing); names the files."""
+
+
+# --- what a shard holds ----------------------------------------------------------------------------
+
+def _number(expr: pl.Expr) -> pl.Expr:
+    return expr.round(DIGITS).cast(pl.String)
+
+
+def state_text() -> pl.Expr:
+    """A step's state as agentdb stores it: 'recent=<movie>:<rating>,...;tod=<time of day>;step=<n>'
+    (most recent first; no '|', which agentdb's policy keys use, and no quote, which JSON would escape)."""
+    pairs = [pl.col("recent_items").arr.get(k).cast(pl.String) + ":" + pl.col("recent_ratings").arr.get(k)
+             .cast(pl.String) for k in range(rl.HISTORY)]
+    return pl.concat_str([pl.lit("recent="), pl.concat_str(pairs, separator=",", ignore_nulls=True),
+                          pl.lit(";tod="), pl.col("time_of_day").cast(pl.String), pl.lit(";step="),
+                          pl.col("step").cast(pl.String)])
+
+
+def _json(fields: dict[str, pl.Expr]) -> pl.Expr:
+    """A JSON object of numbers and booleans from expressions; a null field is left out."""
+    parts = [pl.when(expr.is_not_null()).then(pl.lit(f'"{name}":') + expr.cast(pl.String)) for name, expr in fields.items()]
+    return pl.lit("{") + pl.concat_str(parts, separator=",", ignore_nulls=True) + pl.lit("}")
+
+
+def _with_text(steps: pl.DataFrame) -> pl.DataFrame:
+    return steps.with_columns(state=state_text(), action=pl.lit("ml_") + pl.col("movie_id").cast(pl.String))
+
+
+def _experiences(steps: pl.DataFrame, session: pl.Expr, metadata: dict[str, pl.Expr]) -> pl.DataFrame:
+    """learning_experiences rows of steps (with their state and action texts, in session and step order)."""
+    return steps.select(
+        session_id=session, state="state", action="action", reward="reward",
+        next_state=pl.when(~pl.col("terminal")).then(pl.col("state").shift(-1)),
+        success=pl.col("success").cast(pl.Int32), timestamp="timestamp_ms", metadata=_json(metadata))
+
+
+def _user_shard(steps: pl.DataFrame, sessions: pl.DataFrame, vectors: dict[int, bytes]) -> dict[str, pl.DataFrame]:
+    """The four tables for some users' sessions and their steps."""
+    steps = _with_text(steps.join(sessions.select("user_id", "algorithm"), on="user_id", how="left",
+                                  maintain_order="left"))
+    algorithm = pl.col("algorithm")
+    extras = {"episode": pl.col("episode"), "step": pl.col("step"),
+              "terminal": pl.when(pl.col("terminal")).then(pl.lit("true")),
+              # PPO's and actor-critic's value target; what a Decision Transformer is conditioned on.
+              "return": pl.when(algorithm.is_in(["ppo", "actor-critic"])).then(_number(pl.col("return"))),
+              "return_to_go": pl.when(algorithm == "decision-transformer").then(_number(pl.col("return_to_go")))}
+    # Policy maps keyed "state|action": Q(s, a) = the discounted return for the Q family (the fixed
+    # point of agentdb's own update on this chain); the mean reward of the pair for the others.
+    q_family = algorithm.is_in(rl.Q_FAMILY)
+    entry = lambda value: pl.lit('"') + pl.col("state") + "|" + pl.col("action") + pl.lit('":') + value  # noqa: E731
+    as_object = lambda c: pl.lit("{") + pl.col(c).str.join(",") + pl.lit("}")  # noqa: E731
+    policies = (steps.select("user_id", q=pl.when(q_family).then(entry(_number(pl.col("return")))),
+                             avg=pl.when(~q_family).then(entry(_number(pl.col("reward")))), visits=entry(pl.lit("1")))
+                .group_by("user_id", maintain_order=True)
+                .agg(q_values=as_object("q"), visit_counts=as_object("visits"), avg_rewards=as_object("avg"))
+                .join(sessions.select("user_id", "last_ms"), on="user_id", how="left", maintain_order="left")
+                .select(session_id=rl.session_id(pl.col("user_id")), state_action_pairs=pl.lit("{}"),
+                        q_values="q_values", visit_counts="visit_counts", avg_rewards="avg_rewards",
+                        version=pl.lit(1), created_at=pl.col("last_ms") // 1000))
+    latest = steps.group_by("user_id", maintain_order=True).agg(pl.col("state").last())
+    with_vector = latest.filter(pl.col("user_id").is_in(list(vectors)))
+    embeddings = with_vector.select(
+        session_id=rl.session_id(pl.col("user_id")), state="state",
+        embedding=pl.Series([vectors[u] for u in with_vector["user_id"].to_list()], dtype=pl.Binary))
+    return {"learning_sessions": _sessions(sessions),
+            "learning_experiences": _experiences(steps, rl.session_id(pl.col("user_id")), extras),
+            "learning_policies": policies, "learning_state_embeddings": embeddings}
+
+
+def _sessions(sessions: pl.DataFrame) -> pl.DataFrame:
+    extras = pl.DataFrame({"algorithm": list(rl.ALGORITHMS),
+                           "extras": [json.dumps(a["extras"], sort_keys=True) for a in rl.ALGORITHMS.values()]})
+    return sessions.join(extras, on="algorithm", how="left", maintain_order="left").select(
+        id="session_id", user_id=pl.col("user_id").cast(pl.String), session_type="algorithm", config="config",
+        start_time="start_ms", end_time=pl.lit(None, dtype=pl.Int64), status=pl.lit("active"),
+        metadata=pl.concat_str([pl.lit('{"archetype":"'), pl.col("archetype"), pl.lit('","episodes":'),
+                                pl.col("episodes").cast(pl.String), pl.lit(',"steps":'), pl.col("steps").cast(pl.String),
+                                pl.lit(f',"step_cap":{rl.STEP_CAP},"hyperparameters":'), pl.col("extras"),
+                                pl.lit("}")]))
+
+
+def _buffer_shard(slots: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The replay buffers: one session per algorithm, its slots as experiences."""
+    meta = {"slot": pl.col("slot"), "session": pl.lit('"') + rl.session_id(pl.col("user_id")) + pl.lit('"'),
+            "step": pl.col("step"), "episode": pl.col("episode"), "terminal": pl.when(pl.col("terminal")).then(pl.lit("true"))}
+    experiences = _experiences(_with_text(slots), pl.lit("replay-") + pl.col("algorithm"), meta)
+    algorithms = rl.algorithm_table().filter(pl.col("algorithm").is_in(slots["algorithm"].unique().implode()))
+    spans = slots.group_by("algorithm").agg(start=pl.col("timestamp_ms").min(), transitions=pl.len())
+    sessions = algorithms.join(spans, on="algorithm").sort("algorithm").select(
+        id=pl.lit("replay-") + pl.col("algorithm"), user_id=pl.lit(BUFFER_USER), session_type="algorithm",
+        config="config", start_time="start", end_time=pl.lit(None, dtype=pl.Int64), status=pl.lit("active"),
+        metadata=pl.concat_str([pl.lit('{"kind":"replay_buffer","capacity":'), pl.col("buffer_size").cast(pl.String),
+                                pl.lit(',"transitions":'), pl.col("transitions").cast(pl.String),
+                                pl.lit(',"order":"fifo, slot 0 oldest","sampling":"uniform minibatches of batchSize"}')]))
+    empty = lambda table: pl.DataFrame(schema={c: pl.String for c in COLUMNS[table]})  # noqa: E731
+    return {"learning_sessions": sessions, "learning_experiences": experiences,
+            "learning_policies": empty("learning_policies"), "learning_state_embeddings": empty("learning_state_embeddings")}
+
+
+def digest(*frames: pl.DataFrame) -> str:
+    """What a shard would hold, as one hash: its inputs' rows, in order."""
+    h = hashlib.sha256(FORMAT.encode())
+    for frame in frames:
+        h.update(",".join(frame.columns).encode())
+        h.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_shard(path: Path, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """A shard file, written under a temporary name and renamed; returns rows per table. The rows go
+    in as Arrow columns (ADBC bulk ingest, in insertion order: experiences keep their step order)."""
+    with atomic_output(path) as tmp:
+        with sqlite_dbapi.connect(str(tmp), autocommit=True) as db, db.cursor() as cursor:
+            for statement in ("PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF",
+                              *TABLES_DDL.split(";")[:-1]):
+                cursor.execute(statement)
+            for table, frame in tables.items():
+                cursor.adbc_ingest(table, frame.select(COLUMNS[table]).to_arrow(), mode="append")
+            for statement in (*INDEXES_DDL.split(";")[:-1], "PRAGMA wal_checkpoint(TRUNCATE)",
+                              "PRAGMA journal_mode=DELETE"):
+                cursor.execute(statement)
+                cursor.fetchall() if statement.startswith("PRAGMA") else None
+    return {table: len(frame) for table, frame in tables.items()}
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def intact(path: Path, entry: dict | None) -> bool:
+    """The file is the one the manifest entry describes (size, then sha256)."""
+    return (entry is not None and path.exists() and path.stat().st_size == entry["bytes"]
+            and file_sha256(path) == entry["sha256"])
+
+
+def _user_vectors(data: Path, first: int, last: int) -> dict[int, bytes]:
+    """User id -> vector as agentdb's embedding BLOB (little-endian float32), for users first..last."""
+    path = data / USER_VECTORS
+    if not path.exists():
+        return {}
+    with open_h5(path) as f:
+        ids = np.array([int(x) for x in f["ids"][:]])
+        rows = np.flatnonzero((ids >= first) & (ids <= last))
+        vectors = np.ascontiguousarray(f["embeddings"][rows] if len(rows) else np.empty((0, 0)), dtype="<f4")
+    return {int(ids[r]): vectors[i].tobytes() for i, r in enumerate(rows)}
+
+
+def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int, old: dict | None) -> tuple[dict, bool]:
+    """One shard (`shard` None: the replay buffers) from the Parquet datasets: (its manifest entry,
+    whether it was written). Unchanged contents and an intact file: nothing is written. Runs in a
+    worker process: it reads its own slice of the files."""
+    steps_file = data / rl.EPISODES
+    if shard is None:
+        # The episodes stream past the buffers' few slots (the smaller side is the join's table).
+        slots = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / rl.BUFFERS), on=["user_id", "step"])
+                 .collect(engine="streaming").sort("algorithm", "slot"))
+        entry = {"users": None, "digest": digest(slots)}
+        tables = lambda: _buffer_shard(slots)  # noqa: E731
+    else:
+        first, last = shard * users_per_shard, (shard + 1) * users_per_shard - 1
+        in_shard = pl.col("user_id").is_between(first, last)
+        steps = pl.scan_parquet(steps_file).filter(in_shard).collect()
+        sessions = pl.scan_parquet(data / rl.SESSIONS).filter(in_shard).collect()
+        vectors = _user_vectors(data, first, last)
+        vector_frame = pl.DataFrame({"user_id": list(vectors), "v": list(vectors.values())},
+                                    schema={"user_id": pl.Int64, "v": pl.Binary})
+        entry = {"users": [first, last], "digest": digest(steps, sessions, vector_frame)}
+        tables = lambda: _user_shard(steps, sessions, vectors)  # noqa: E731
+    if old and old["digest"] == entry["digest"] and intact(path, old):
+        return old, False
+    entry["counts"] = write_shard(path, tables())
+    entry.update(bytes=path.stat().st_size, sha256=file_sha256(path))
+    return entry, True
+
+
+# --- reconciliation sources --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SourceIds:
+    file: str  # under the data dir; the reconciliation skips the table when it is absent
+    ids: Callable[[Path], pl.Expr | pl.LazyFrame]
+
+    def read(self, data: Path) -> pl.Series:
+        return self.ids(Path(data)).collect().to_series().alias("id")
+
+
+def _session_ids(data: Path) -> pl.LazyFrame:
+    users = pl.scan_parquet(data / rl.SESSIONS).select(pl.col("session_id"))
+    buffers = pl.scan_parquet(data / rl.BUFFERS).select(
+        session_id=pl.lit("replay-") + pl.col("algorithm")).unique()
+    return pl.concat([users, buffers])
+
+
+def _experience_ids(data: Path) -> pl.LazyFrame:
+    steps = pl.scan_parquet(data / rl.EPISODES).select(rl.session_id(pl.col("user_id")) + "/" + pl.col("step").cast(pl.String))
+    slots = pl.scan_parquet(data / rl.BUFFERS).select(
+        pl.lit("replay-") + pl.col("algorithm") + "/" + pl.col("slot").cast(pl.String))
+    return pl.concat([steps.rename(lambda _: "id"), slots.rename(lambda _: "id")])
+
+
+def _embedding_ids(data: Path) -> pl.LazyFrame:
+    vectors = data / USER_VECTORS
+    with_vector = pl.Series("user_id", [int(u) for u in h5_ids(vectors)] if vectors.exists() else [], dtype=pl.Int32)
+    return pl.scan_parquet(data / rl.SESSIONS).filter(pl.col("user_id").is_in(with_vector.implode())).select("session_id")
+
+
+TABLES = {
+    "learning_sessions": SourceIds(rl.SESSIONS, _session_ids),
+    "learning_experiences": SourceIds(rl.EPISODES, _experience_ids),
+    "learning_policies": SourceIds(rl.SESSIONS, lambda d: pl.scan_parquet(d / rl.SESSIONS).select("session_id")),
+    "learning_state_embeddings": SourceIds(rl.SESSIONS, _embedding_ids),
+}
+INPUTS = (rl.RATINGS, rl.USERS, USER_VECTORS)
+
+
+# --- the store ---------------------------------------------------------------------------------------
+
+class AgentDBStore:
+    name = "agentdb"
+
+    def __init__(self, settings: Settings):
+        self.folder = Path(settings.agentdb_target())
+        self.users_per_shard = settings.agentdb_users_per_shard
+
+    def target(self) -> str:
+        return f"AgentDB shards in {self.folder}"
+
+    def create_schema(self, data: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def manifest(self) -> dict:
+        path = self.folder / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else {"shards": {}}
+
+    def _build_datasets(self, data: Path, log: Log) -> None:
+        """Episodes, sessions and buffers as Parquet under DATA_DIR/agentdb/ (tasks.episodes)."""
+        ratings, users = data / rl.RATINGS, data / rl.USERS
+        rl.check_ratings(ratings, users)
+        with atomic_output(data / rl.EPISODES) as tmp:
+            rl.write_episodes(ratings, users, tmp)
+        for name, build in ((rl.SESSIONS, lambda: rl.sessions(data / rl.EPISODES, users)),
+                            (rl.BUFFERS, lambda: rl.buffers(data / rl.EPISODES, data / rl.SESSIONS))):
+            with atomic_output(data / name) as tmp:
+                build().collect().write_parquet(tmp, **ZSTD)
+        log(f"agentdb: episodes, sessions and replay buffers -> {data / rl.EPISODES.split('/')[0]}")
+
+    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+        data = Path(data)
+        self.create_schema(data)
+        self._build_datasets(data, log)
+        before = self.manifest()["shards"]
+        users = pl.read_parquet(data / rl.SESSIONS, columns=["user_id"])["user_id"]
+        sizes = (users // self.users_per_shard).value_counts().sort("user_id").rows()
+        jobs = {f"shard-{shard:05d}.sqlite": (shard, n) for shard, n in sizes} | {BUFFER_FILE: (None, 0)}
+        shards, report = {}, {table: TableLoad() for table in COLUMNS}
+        progress = Progress(lambda m: log(f"agentdb: shards of {m}"), "users")
+        done = 0
+        with ThreadPoolExecutor(WORKERS) as pool:
+            futures = {pool.submit(build_shard, data, self.folder / name, shard, self.users_per_shard,
+                                   before.get(name)): (name, n) for name, (shard, n) in jobs.items()}
+            for future in as_completed(futures):
+                name, n = futures[future]
+                shards[name], written = future.result()
+                old = before.get(name) or {}
+                for table, rows in shards[name]["counts"].items() if written else ():
+                    report[table].written += rows
+                    report[table].deleted += max(0, old.get("counts", {}).get(table, 0) - rows)
+                done += n
+                progress(done, len(users))
+        for name, old in before.items():  # shards whose users are all gone
+            if name not in shards:
+                (self.folder / name).unlink(missing_ok=True)
+                for table, rows in old.get("counts", {}).items():
+                    report[table].deleted += rows
+        with atomic_output(self.folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"format": FORMAT, "users_per_shard": self.users_per_shard,
+                                       "shards": dict(sorted(shards.items()))}, indent=1, sort_keys=True))
+        for table, rows in self.counts().items():
+            report[table].rows = rows
+        return report
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def _files(self) -> list[tuple[Path, dict]]:
+        return [(self.folder / name, entry) for name, entry in sorted(self.manifest()["shards"].items())]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table over the shards; a shard whose size is not the manifest's counts as empty
+        (so that the next load rewrites it)."""
+        totals = dict.fromkeys(COLUMNS, 0)
+        for path, entry in self._files():
+            if not path.exists() or path.stat().st_size != entry["bytes"]:
+                continue
+            try:
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                    for table in totals:
+                        totals[table] += db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            except sqlite3.DatabaseError:
+                continue
+        return totals
+
+    def ids(self, table: str) -> Iterator[str]:
+        for path, _ in self._files():
+            try:
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                    yield from (row[0] for row in db.execute(ID_SQL[table]))
+            except sqlite3.DatabaseError as exc:
+                raise CorruptShard(f"agentdb: {path} cannot be read ({exc}); rerun the load to rewrite it") from exc
+
+    def checks(self, data: Path) -> dict:
+        """Every shard as the load wrote it (size and sha256), under agentdb's size limit, rewards in
+        [0, 1] and a policy for every user session; raises CorruptShard naming any bad file."""
+        files = self._files()
+        bad = [str(path) for path, entry in files if not intact(path, entry)]
+        if bad:
+            raise CorruptShard(f"agentdb: {len(bad)} shard file(s) differ from what the load wrote (truncated, "
+                               f"changed or missing): {', '.join(bad)}; rerun the load to rewrite them")
+        out_of_range = without_policy = 0
+        for path, _ in files:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                out_of_range += db.execute("SELECT count(*) FROM learning_experiences "
+                                           "WHERE reward < 0 OR reward > 1").fetchone()[0]
+                without_policy += db.execute(
+                    "SELECT count(*) FROM learning_sessions s WHERE s.user_id != ? AND NOT EXISTS "
+                    "(SELECT 1 FROM learning_policies p WHERE p.session_id = s.id)", (BUFFER_USER,)).fetchone()[0]
+        sizes = [path.stat().st_size for path, _ in files]
+        return {"shards": len(files), "oversize_shards": sum(s > MAX_SHARD_BYTES for s in sizes),
+                "largest_shard_mb": round(max(sizes, default=0) / 2**20), "rewards_out_of_range": out_of_range,
+                "sessions_without_policy": without_policy}
+
+    def vector(self, vector_set: str, item: str) -> list[float] | None:
+        return None  # AgentDB holds state embeddings, not the searchable vector sets
+
+    def search(self, query: Query) -> list[Hit]:
+        raise NotImplementedError("AgentDB answers predictions through agentdb, not vector searches")
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(settings: Settings) -> AgentDBStore:
+    return AgentDBStore(settings)

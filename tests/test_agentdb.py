@@ -1,0 +1,247 @@
+"""AgentDB: episodes from the ratings, policies and buffers, the sharded store, and the real npm
+package reading a shard."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tasks import episodes as rl
+from tasks.settings import Settings
+from tasks.stores import agentdb
+from tasks.stores.loading import check_store, load_store
+from tasks.synthetic import ARCHETYPE_NAMES
+from tests.agentdb import reader
+
+DAY = 86_400
+
+
+def write_inputs(folder: Path, ratings: list[tuple[int, int, float, int]], archetypes: dict[int, str]) -> Path:
+    """A data dir with processed/ratings.parquet and synthetic/users.parquet of these rows."""
+    (folder / "processed").mkdir(parents=True)
+    (folder / "synthetic").mkdir(parents=True)
+    frame = pl.DataFrame(ratings, schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32,
+                                          "timestamp": pl.Int64}, orient="row")
+    times = ["night", "morning", "afternoon", "evening", "late_night"]
+    frame.with_columns(time_of_day=pl.col("timestamp").map_elements(lambda t: times[(t // 3600) % 5],
+                                                                    return_dtype=pl.String))\
+        .write_parquet(folder / rl.RATINGS)
+    pl.DataFrame({"user_id": list(archetypes), "archetype": list(archetypes.values())},
+                 schema={"user_id": pl.Int32, "archetype": pl.String}).write_parquet(folder / rl.USERS)
+    return folder
+
+
+def oracle(ratings: list[tuple[int, int, float, int]], gammas: dict[int, float]) -> list[dict]:
+    """The episodes by the definitions in tasks/episodes.py, in plain Python."""
+    rows = []
+    for user in sorted({r[0] for r in ratings}):
+        history = sorted((r for r in ratings if r[0] == user), key=lambda r: (r[3], r[1]))[-rl.STEP_CAP:]
+        steps, episode = [], 0
+        for step, (_, movie, rating, ts) in enumerate(history):
+            nxt = history[step + 1][3] if step + 1 < len(history) else None
+            terminal = nxt is None or nxt - ts > rl.GAP_DAYS * DAY
+            before = history[max(0, step - rl.HISTORY):step][::-1]
+            steps.append({"user_id": user, "step": step, "episode": episode, "movie_id": movie,
+                          "reward": (rating - 0.5) / 4.5, "terminal": terminal, "timestamp_ms": ts * 1000,
+                          "recent_items": [b[1] for b in before], "recent_ratings": [b[2] for b in before]})
+            episode += terminal
+        for i in reversed(range(len(steps))):
+            later = steps[i + 1] if i + 1 < len(steps) and not steps[i]["terminal"] else None
+            steps[i]["return"] = steps[i]["reward"] + (gammas[user] * later["return"] if later else 0.0)
+            steps[i]["return_to_go"] = steps[i]["reward"] + (later["return_to_go"] if later else 0.0)
+        rows += steps
+    return rows
+
+
+T0 = 1_300_000_000
+PLANTED = [
+    # user 1: a gap of 40 days closes the first episode; two ratings at one time go by movie id.
+    (1, 10, 0.5, T0), (1, 12, 5.0, T0 + DAY), (1, 11, 3.0, T0 + DAY), (1, 13, 4.0, T0 + 41 * DAY),
+    (1, 14, 2.5, T0 + 42 * DAY),
+    # user 2: more ratings than the cap, an hour apart: the oldest ones go.
+    *[(2, 100 + i, 0.5 + (i % 10) / 2, T0 + i * 3600) for i in range(rl.STEP_CAP + 7)],
+    # user 3: one rating, terminal at once.
+    (3, 7, 4.5, T0),
+]
+ARCHETYPES = {1: "casual", 2: "cinephile", 3: "family"}
+
+
+def test_episodes_follow_the_definitions(tmp_path):
+    data = write_inputs(tmp_path / "data", PLANTED, ARCHETYPES)
+    got = rl.episodes(data / rl.RATINGS, data / rl.USERS).collect()
+    gammas = {u: rl.ALGORITHMS[rl.ARCHETYPE_ALGORITHM[a]]["config"]["discountFactor"] for u, a in ARCHETYPES.items()}
+    expected = oracle(PLANTED, gammas)
+    assert len(got) == len(expected) == 5 + rl.STEP_CAP + 1
+    for row, want in zip(got.iter_rows(named=True), expected, strict=True):
+        assert row["recent_items"] == want["recent_items"] + [None] * (rl.HISTORY - len(want["recent_items"]))
+        assert row["recent_ratings"] == want["recent_ratings"] + [None] * (rl.HISTORY - len(want["recent_ratings"]))
+        for key in ("user_id", "step", "episode", "movie_id", "terminal", "timestamp_ms"):
+            assert row[key] == want[key], (key, row, want)
+        for key in ("reward", "return", "return_to_go"):
+            assert row[key] == pytest.approx(want[key], abs=1e-9), (key, row, want)
+    user1 = got.filter(pl.col("user_id") == 1)
+    assert user1["movie_id"].to_list() == [10, 11, 12, 13, 14]  # a tie in time goes by movie id
+    assert user1["terminal"].to_list() == [False, False, True, False, True]  # the 40-day gap, the last rating
+    assert user1["episode"].to_list() == [0, 0, 0, 1, 1]
+    user2 = got.filter(pl.col("user_id") == 2)
+    assert user2["movie_id"][0] == 107 and user2["step"].to_list() == list(range(rl.STEP_CAP))  # capped
+    assert got.filter(pl.col("user_id") == 3)["terminal"].to_list() == [True]
+
+
+def test_reward_is_in_0_1_and_grows_with_the_rating(tmp_path):
+    grid = [0.5 * k for k in range(1, 11)]
+    data = write_inputs(tmp_path / "data", [(1, m, r, T0 + m) for m, r in enumerate(grid)], {1: "casual"})
+    rewards = rl.episodes(data / rl.RATINGS, data / rl.USERS).collect()["reward"].to_list()
+    assert rewards[0] == 0.0 and rewards[-1] == 1.0
+    assert all(a < b for a, b in zip(rewards, rewards[1:]))
+
+
+def test_every_archetype_has_an_algorithm_that_agentdb_knows(tmp_path):
+    known = {"q-learning", "sarsa", "dqn", "policy-gradient", "actor-critic", "ppo", "decision-transformer", "mcts",
+             "model-based"}  # agentdb 1.6.1's LearningSession.sessionType
+    assert set(rl.ARCHETYPE_ALGORITHM) == set(ARCHETYPE_NAMES)
+    assert set(rl.ARCHETYPE_ALGORITHM.values()) <= known and set(rl.ALGORITHMS) <= known
+    assert len(set(rl.ARCHETYPE_ALGORITHM.values())) == 6
+    for algorithm in rl.ALGORITHMS.values():
+        assert {"learningRate", "discountFactor", "explorationRate"} <= set(algorithm["config"])
+    data = write_inputs(tmp_path / "data", PLANTED, ARCHETYPES)
+    rl.episodes(data / rl.RATINGS, data / rl.USERS).collect().write_parquet(data / "episodes.parquet")
+    sessions = rl.sessions(data / "episodes.parquet", data / rl.USERS).collect()
+    assert dict(zip(sessions["user_id"], sessions["algorithm"])) == {1: "q-learning", 2: "decision-transformer",
+                                                                    3: "actor-critic"}
+    assert json.loads(sessions["config"][1]) == rl.ALGORITHMS["decision-transformer"]["config"]
+
+
+def test_a_bad_rating_or_a_user_without_profile_is_named(tmp_path):
+    data = write_inputs(tmp_path / "a", [*PLANTED, (3, 8, 6.0, T0 + 5)], ARCHETYPES)
+    with pytest.raises(rl.BadRatings, match=r"ratings.parquet: user 3, movie 8: rating 6.0 is outside"):
+        rl.check_ratings(data / rl.RATINGS, data / rl.USERS)
+    data = write_inputs(tmp_path / "b", PLANTED, {1: "casual", 2: "cinephile"})
+    with pytest.raises(rl.BadRatings, match=r"users.parquet: 1 rating users have no profile .* user 3"):
+        rl.check_ratings(data / rl.RATINGS, data / rl.USERS)
+
+
+# --- the store ---------------------------------------------------------------------------------------
+
+def settings_for(data: Path, shards: Path | None = None) -> Settings:
+    return Settings(_env_file=None, data_dir=data, agentdb_users_per_shard=100, agentdb_dir=shards)
+
+
+def shard_state(folder: Path) -> dict[str, tuple[int, str]]:
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.glob("*.sqlite"))}
+
+
+def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shards(store_data, tmp_path):
+    settings = settings_for(store_data)
+    folder = settings.agentdb_target()
+    summary = load_store(settings, "agentdb", lambda m: None)  # checks and reconciles every id
+    assert summary["status"] == "loaded"
+    steps = pl.read_parquet(store_data / rl.EPISODES)
+    slots = pl.read_parquet(store_data / rl.BUFFERS)
+    users = steps["user_id"].n_unique()
+    tables = summary["tables"]
+    assert tables["learning_experiences"]["rows"] == len(steps) + len(slots)
+    assert tables["learning_sessions"]["rows"] == users + slots["algorithm"].n_unique()
+    assert tables["learning_policies"]["rows"] == tables["learning_state_embeddings"]["rows"] == users
+    first = shard_state(folder)
+    assert len(first) == (steps["user_id"].max() // 100) + 2  # user shards and the buffers
+
+    # Every experience as the episodes say, with agentdb's rules.
+    with sqlite3.connect(folder / "shard-00000.sqlite") as db:
+        rows = db.execute("SELECT session_id, action, reward, next_state, success, timestamp, metadata "
+                          "FROM learning_experiences WHERE session_id = 'user-1' ORDER BY id").fetchall()
+        session = db.execute("SELECT session_type, config, status FROM learning_sessions WHERE id = 'user-1'").fetchone()
+        policy = db.execute("SELECT q_values, avg_rewards, visit_counts FROM learning_policies "
+                            "WHERE session_id = 'user-1'").fetchone()
+    user1 = steps.filter(pl.col("user_id") == 1)
+    assert [r[1] for r in rows] == [f"ml_{m}" for m in user1["movie_id"]]
+    assert [r[2] for r in rows] == user1["reward"].to_list()
+    assert [r[5] for r in rows] == user1["timestamp_ms"].to_list()
+    for row, terminal in zip(rows, user1["terminal"], strict=True):
+        meta = json.loads(row[6])
+        assert (row[3] is None) == terminal and meta.get("terminal", False) == terminal
+        assert "|" not in row[1]
+    assert session[2] == "active" and set(json.loads(session[1])) >= {"learningRate", "discountFactor"}
+    maps = [json.loads(m) for m in policy]
+    assert len(maps[2]) == len(user1) and all(v == 1 for v in maps[2].values())
+    assert (len(maps[0]), len(maps[1])) == ((len(user1), 0) if session[0] in rl.Q_FAMILY else (0, len(user1)))
+
+    # Unchanged inputs: nothing is rewritten.
+    assert load_store(settings, "agentdb", lambda m: None)["status"] == "unchanged"
+    assert shard_state(folder) == first
+    # Deterministic: the same inputs elsewhere give the same bytes.
+    load_store(settings_for(store_data, tmp_path / "elsewhere"), "agentdb", lambda m: None)
+    assert {n: s[1] for n, s in shard_state(tmp_path / "elsewhere").items()} == {n: s[1] for n, s in first.items()}
+
+    # One user's new rating rewrites that user's shard (and the buffers, which hold the newest steps).
+    ratings = pl.read_parquet(store_data / rl.RATINGS)
+    user = int(steps["user_id"].max())  # in the last user shard
+    newest = ratings.filter(pl.col("user_id") == user).sort("timestamp").tail(1)
+    ratings = pl.concat([ratings, newest.with_columns(movie_id=pl.lit(999_999, dtype=pl.Int32),
+                                                      timestamp=pl.col("timestamp") + 60)])
+    ratings.write_parquet(store_data / rl.RATINGS)
+    summary = load_store(settings, "agentdb", lambda m: None)
+    after = shard_state(folder)
+    changed = {name for name in after if after[name] != first[name]}
+    assert changed == {f"shard-{user // 100:05d}.sqlite", agentdb.BUFFER_FILE}
+    assert summary["tables"]["learning_experiences"]["rows"] == tables["learning_experiences"]["rows"] + (
+        len(steps.filter(pl.col("user_id") == user)) < rl.STEP_CAP)
+
+    # A truncated shard: the check names it; the next load rewrites only it.
+    victim = folder / "shard-00001.sqlite"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    store = agentdb.open_store(settings)
+    with pytest.raises(agentdb.CorruptShard, match=str(victim)):
+        check_store(store, store_data)
+    assert load_store(settings, "agentdb", lambda m: None)["status"] == "loaded"
+    healed = shard_state(folder)
+    assert {n for n in healed if healed[n] != after[n]} == {victim.name}
+    assert healed[victim.name][1] == after[victim.name][1]
+
+
+# --- the real agentdb ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def agentdb_reader() -> Path:
+    try:
+        return reader.install()
+    except reader.ReaderUnavailable as exc:
+        pytest.fail(str(exc))
+
+
+def test_the_real_agentdb_reads_a_shard_as_python_wrote_it(store_data, agentdb_reader):
+    settings = settings_for(store_data)
+    load_store(settings, "agentdb", lambda m: None)
+    steps = pl.read_parquet(store_data / rl.EPISODES)
+    sessions = pl.read_parquet(store_data / rl.SESSIONS)
+    shard = settings.agentdb_target() / "shard-00000.sqlite"
+    with sqlite3.connect(shard) as db:
+        latest = dict(db.execute("SELECT session_id, state FROM learning_state_embeddings").fetchall())
+    checked = set()
+    for row in sessions.filter(pl.col("user_id") < 100).iter_rows(named=True):
+        family = "q" if row["algorithm"] in rl.Q_FAMILY else "avg"
+        last = steps.filter(pl.col("user_id") == row["user_id"]).tail(1).row(0, named=True)
+        value = round(last["return"] if family == "q" else last["reward"], agentdb.DIGITS)
+        if family in checked or value <= 0 or row["session_id"] not in latest:
+            continue
+        got = reader.read(agentdb_reader, shard, row["session_id"], latest[row["session_id"]])
+        mine = steps.filter(pl.col("user_id") == row["user_id"])
+        overall = got["metrics"]["overall"]
+        assert overall["totalEpisodes"] == len(mine)
+        assert overall["avgReward"] == pytest.approx(mine["reward"].mean(), abs=1e-9)
+        assert overall["successRate"] == pytest.approx(mine["success"].mean(), abs=1e-9)
+        assert (overall["minReward"], overall["maxReward"]) == pytest.approx((mine["reward"].min(), mine["reward"].max()))
+        # From the user's latest state, the policy knows one action: the item the user rated there.
+        assert got["prediction"]["action"] == f"ml_{last['movie_id']}"
+        assert got["prediction"]["qValue"] == pytest.approx(value, abs=1e-9)
+        assert got["embedded"] == 1  # the user's vector, read from the shard, not computed by agentdb
+        checked.add(family)
+        if checked == {"q", "avg"}:
+            break
+    assert checked == {"q", "avg"}  # a Q-family session and an average-reward one

@@ -8,6 +8,13 @@ PY     := $(VENV)/bin/python
 UV     := .tools/bin/uv
 # uv is pinned like everything else; it installs the 2 GB stack in ~15 s where pip takes ~110 s.
 UV_VERSION := 0.13.9
+# torch==2.13.0+cpu (the lock) comes from a local wheel folder where the machine has one (these build
+# machines: /opt/wheels), else from PyTorch's CPU wheel index. Every other pin comes from PyPI; the
+# index strategy lets uv take each pin from whichever index has it (PyTorch's index also hosts numpy,
+# pillow, ... in other versions).
+WHEELS ?= /opt/wheels
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE = $(if $(wildcard $(WHEELS)/torch-*.whl),--find-links $(WHEELS),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match)
 
 .PHONY: install run test services-start services-stop services-status deploy lock clean
 
@@ -17,7 +24,7 @@ $(UV):
 # Reinstall only when the lock changes.
 $(VENV)/.installed: requirements.lock | $(UV)
 	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
-	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	$(UV) pip sync --quiet --python $(PY) $(TORCH_SOURCE) requirements.lock
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,10 +47,9 @@ deploy: install
 	$(PY) -m tasks.services start prefect
 	$(PY) -m deployments.deploy
 
-# Re-resolve the pins after editing pyproject.toml (the CPU torch wheel lies in /opt/wheels here).
+# Re-resolve the pins after editing pyproject.toml (torch's CPU build from the same place as install).
 lock: | $(UV)
-	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 \
-		--find-links /opt/wheels --emit-find-links --quiet -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 $(TORCH_SOURCE) --quiet -o requirements.lock
 
 clean:
 	-$(PY) -m tasks.services stop

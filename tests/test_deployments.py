@@ -98,3 +98,43 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter())
         assert any(r.parent_task_run_id and r.name for r in runs)  # the ingest subflow ran under it
     assert (data_dir / "processed" / "ratings.parquet").exists()
+
+
+def test_a_due_cron_refresh_runs_to_completed_on_a_worker(prefect_server, running_services, tmp_path):
+    """A minutely cron schedule on the full-refresh deployment (with its own, light parameters): the
+    scheduler makes the run, it comes due, and a process worker runs it to Completed."""
+    from prefect.client.schemas.schedules import CronSchedule
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    deployed = subprocess.run([sys.executable, "-m", "deployments.deploy"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    data_dir = tmp_path / "data"
+    light = {"data_dir": str(data_dir), "skip_ingest": True, "skip_synthetic": True, "skip_embed": True,
+             "skip_validate": True, "skip_stores": STORE_NAMES}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("full-refresh/full-refresh")
+        [schedule] = client.create_deployment_schedules(deployment.id, [(CronSchedule(cron="* * * * *"), True)],
+                                                        parameters=light, slug="test-minutely")
+        try:
+            deadline, due = time.monotonic() + 150, []
+            while not due and time.monotonic() < deadline:
+                time.sleep(3)
+                runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+                now = time.time()
+                due = [r for r in runs if r.state_name == "Scheduled" and r.parameters.get("data_dir") == str(data_dir)
+                       and r.expected_start_time.timestamp() <= now]
+            assert due, "the minutely schedule produced no due run"
+            worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "local-process", "--run-once"],
+                                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            assert worker.returncode == 0, worker.stderr[-3000:]
+            finished = client.read_flow_run(due[0].id)
+            assert finished.state_name == "Completed", (finished.state, worker.stdout[-3000:])
+            assert finished.parameters == light and finished.auto_scheduled
+        finally:
+            client.delete_deployment_schedule(deployment.id, schedule.id)
+            for run in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))):
+                if run.state_name == "Scheduled":
+                    client.delete_flow_run(run.id)

@@ -3,8 +3,11 @@ checks that can run before any stage, and one error path for every CLI."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,3 +98,43 @@ def prefect_api(settings: Settings) -> Iterator[str]:
     with temporary_settings(updates=updates):
         _quiet_tracebacks()
         yield where
+
+
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # what get_run_logger and log_prints write to
+
+
+@contextmanager
+def run_log_file(data_dir: Path, name: str) -> Iterator[Path]:
+    """Every run log line of the block (its subflows' and tasks' too) also goes to
+    DATA_DIR/logs/<name>-<UTC time>.log, beside the data it describes, whoever runs the flow (a
+    worker, cron, the CLI)."""
+    path = Path(data_dir) / "logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_OneLineErrors(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")))
+    loggers = [logging.getLogger(name) for name in RUN_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+
+
+def logs_to_data_dir(fn: Callable) -> Callable:
+    """A flow function whose run also logs to a file under its data dir (run_log_file); its
+    `data_dir` parameter, or the settings' when it is empty, says where."""
+    signature = inspect.signature(fn, eval_str=True)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        data_dir = signature.bind(*args, **kwargs).arguments.get("data_dir")
+        with run_log_file(load_settings(data_dir=data_dir).data_dir, fn.__name__.removesuffix("_flow")):
+            return fn(*args, **kwargs)
+
+    # Its parameters with their types resolved where the flow is written: Prefect validates them
+    # against this module's globals otherwise.
+    wrapper.__signature__ = signature
+    return wrapper

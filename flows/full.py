@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import load_settings, prefect_api, preflight, run_cli
+from flows.common import load_settings, logs_to_data_dir, prefect_api, preflight, run_cli
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
 from flows.load import StoreName, add_store_flags, print_rows, raise_on_failed, run_loads, skipped_stores, \
@@ -41,6 +41,7 @@ def _stamps(*folders: Path) -> dict[str, int]:
 
 
 @flow(name="full-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@logs_to_data_dir
 def full_flow(
     data_dir: str | None = None,
     source: str | None = None,

@@ -41,6 +41,10 @@ def test_default_run_ingests_a_generated_release_and_reports(prefect_server, sto
     assert "embed              skipped" in out
     assert f"{'postgres':18} loaded" in out and f"{'milvus':18} loaded" in out and f"{'neo4j':18} loaded" in out
     assert f"{'agentdb':18} loaded" in out
+    [log_file] = (data / "logs").glob("full-*.log")  # the run's log lines beside its data
+    log_text = log_file.read_text()
+    assert "No source given: ingesting a generated small MovieLens-format release" in log_text
+    assert "prefect.task_runs" in log_text and "neo4j" in log_text
     stats = json.loads((data / "processed" / "stats.json").read_text())
     assert stats["files"]["ratings"]["rows_written"] == pl.scan_parquet(
         data / "processed" / "ratings.parquet").select(pl.len()).collect().item() > 50_000

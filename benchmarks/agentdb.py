@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, compare, cpu_model, measure, run_child, timed_load  # noqa: E402
+from benchmarks.common import CACHE, child_or_prepare, compare, cpu_model, run_child, timed_load  # noqa: E402
 
 DATA = CACHE / "agentdb-data-25m"
 SEED_OUT = CACHE / "agentdb-seed-out"
@@ -157,14 +157,9 @@ def main() -> None:
     parser.add_argument("--slice-users", type=int, default=10, help="percent of the users the seed's method runs on")
     parser.add_argument("--child", nargs=1, metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        children = {"ours": ours, "open": open_shards, "seed": lambda: seed(args.slice_users)}
-        measure(children[args.child[0]])
+    children = {"ours": ours, "open": open_shards, "seed": lambda: seed(args.slice_users)}
+    if child_or_prepare(args.child and args.child[0], children, prepare):
         return
-    print(f"CPU: {cpu_model()}", flush=True)
-    started = time.perf_counter()
-    prepare()
-    print(f"data dir {DATA} ready in {time.perf_counter() - started:.0f} s", flush=True)
     mine = run_child(__file__, "ours")
     opened = run_child(__file__, "open")
     baseline = run_child(__file__, "seed", "--slice-users", str(args.slice_users))

@@ -65,6 +65,20 @@ def compare(ours: dict, baseline: dict) -> dict:
             "cpu_speedup": round(baseline["cpu_s"] / ours["cpu_s"], 2) if ours["cpu_s"] else None}
 
 
+def child_or_prepare(child: str | None, children: dict[str, Callable[[], dict | None]],
+                     prepare: Callable[[], Path]) -> bool:
+    """A benchmark script's two sides. Child: run the named child's measurement; returns True. Parent:
+    print the CPU, prepare the data dir; returns False."""
+    if child:
+        measure(children[child])
+        return True
+    print(f"CPU: {cpu_model()}", flush=True)
+    started = time.perf_counter()
+    data = prepare()
+    print(f"data dir {data} ready in {time.perf_counter() - started:.0f} s", flush=True)
+    return False
+
+
 def timed_load(settings, store: str) -> tuple[dict, list[tuple[float, str]], float]:
     """One store's load stage (tasks.stores.loading.load_store), its log lines echoed to stderr and
     timed: (summary, [(seconds since the start, line)], seconds)."""

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, cpu_model, measure, run_child, timed_load  # noqa: E402
+from benchmarks.common import CACHE, child_or_prepare, cpu_model, run_child, timed_load  # noqa: E402
 
 DATA = CACHE / "graph-data-25m"
 SERVICES = CACHE / "graph-services"
@@ -188,17 +188,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--child", nargs=1, metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        children = {"ours": ours, "bolt": lambda: slice_load(args.slice, 10_000, OURS_BOLT),
-                    "seed": lambda: slice_load(args.slice, 1_000, SEED),
-                    "explain": lambda: explain_latency(args.queries)}
-        measure(children[args.child[0]])
+    children = {"ours": ours, "bolt": lambda: slice_load(args.slice, 10_000, OURS_BOLT),
+                "seed": lambda: slice_load(args.slice, 1_000, SEED), "explain": lambda: explain_latency(args.queries)}
+    if child_or_prepare(args.child and args.child[0], children, prepare):
         return
-
-    print(f"CPU: {cpu_model()}", flush=True)
-    started = time.perf_counter()
-    prepare()
-    print(f"data dir {DATA} ready in {time.perf_counter() - started:.0f} s", flush=True)
     start_server(fresh=True)
     script = str(Path(__file__).resolve())
     try:

@@ -276,7 +276,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
 @dataclass(frozen=True)
 class SourceIds:
     file: str  # under the data dir; the reconciliation skips the table when it is absent
-    ids: Callable[[Path], pl.Expr | pl.LazyFrame]
+    ids: Callable[[Path], pl.LazyFrame]  # one column of ids
 
     def read(self, data: Path) -> pl.Series:
         return self.ids(Path(data)).collect().to_series().alias("id")

@@ -186,7 +186,11 @@ def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shard
     ratings = pl.concat([ratings, newest.with_columns(movie_id=pl.lit(999_999, dtype=pl.Int32),
                                                       timestamp=pl.col("timestamp") + 60)])
     ratings.write_parquet(store_data / rl.RATINGS)
+    stray = [folder / "shard-09999.sqlite", folder / ".shard-00000.sqlite.tmp"]  # as a killed load leaves them
+    for path in stray:
+        path.write_bytes(b"half")
     summary = load_store(settings, "agentdb", lambda m: None)
+    assert not any(path.exists() for path in stray)
     after = shard_state(folder)
     changed = {name for name in after if after[name] != first[name]}
     assert changed == {f"shard-{user // 100:05d}.sqlite", agentdb.BUFFER_FILE}

@@ -367,12 +367,15 @@ class AgentDBStore:
                 progress(done, len(users))
         for name, old in before.items():  # shards whose users are all gone
             if name not in shards:
-                (self.folder / name).unlink(missing_ok=True)
                 for table, rows in old.get("counts", {}).items():
                     report[table].deleted += rows
         with atomic_output(self.folder / MANIFEST) as tmp:
             tmp.write_text(json.dumps({"format": FORMAT, "users_per_shard": self.users_per_shard,
                                        "shards": dict(sorted(shards.items()))}, indent=1, sort_keys=True))
+        # Files the manifest does not list: gone users' shards, and what a killed load left half-written.
+        for path in [*self.folder.glob("*.sqlite"), *self.folder.glob(".*.tmp")]:
+            if path.name not in shards:
+                path.unlink()
         for table, rows in self.counts().items():
             report[table].rows = rows
         return report

@@ -72,6 +72,8 @@ BUFFERS = "agentdb/buffers.parquet"
 RATINGS = "processed/ratings.parquet"
 ROW_GROUP = 262_144  # rows per Parquet row group: a shard reads only its users' groups
 USERS = "synthetic/users.parquet"
+RATING_COLUMNS = ["user_id", "movie_id", "rating", "timestamp", "time_of_day"]  # what the episodes read
+USER_COLUMNS = ["user_id", "archetype"]
 
 
 class BadRatings(PipelineError, ValueError):
@@ -94,7 +96,7 @@ def algorithm_table() -> pl.DataFrame:
 def user_algorithms(users: Path) -> pl.LazyFrame:
     """user_id, archetype, algorithm, gamma, config: one row per profile."""
     mapping = pl.DataFrame({"archetype": list(ARCHETYPE_ALGORITHM), "algorithm": list(ARCHETYPE_ALGORITHM.values())})
-    frame = pl.scan_parquet(users).select("user_id", pl.col("archetype").cast(pl.String))
+    frame = pl.scan_parquet(users).select(USER_COLUMNS).with_columns(pl.col("archetype").cast(pl.String))
     return frame.join(mapping.lazy(), on="archetype", how="left").join(algorithm_table().lazy(), on="algorithm",
                                                                         how="left")
 
@@ -124,7 +126,7 @@ def episodes(ratings: Path, users: Path, user_range: tuple[int, int] | None = No
     rows = pl.scan_parquet(ratings)
     if user_range is not None:
         rows = rows.filter(user.is_between(*user_range))
-    steps = (rows.select("user_id", "movie_id", "rating", "timestamp", "time_of_day")
+    steps = (rows.select(RATING_COLUMNS)
              .sort("user_id", "timestamp", "movie_id")
              .filter(pl.int_range(pl.len()).reverse().over(user) < STEP_CAP))
     gap = pl.col("timestamp").shift(-1).over(user) - pl.col("timestamp")

@@ -15,6 +15,7 @@ from tasks import episodes as rl
 from tasks.settings import Settings
 from tasks.stores import agentdb
 from tasks.stores.loading import check_store, load_store
+from tasks.stores.sources import StaleInputs
 from tasks.synthetic import ARCHETYPE_NAMES
 from tests.agentdb import reader
 
@@ -207,6 +208,28 @@ def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shard
     healed = shard_state(folder)
     assert {n for n in healed if healed[n] != after[n]} == {victim.name}
     assert healed[victim.name][1] == after[victim.name][1]
+
+
+def test_an_unreadable_source_is_named_and_nothing_is_written(store_data):
+    settings = settings_for(store_data)
+    ratings, vectors = store_data / rl.RATINGS, store_data / agentdb.USER_VECTORS
+    whole, vector_bytes = ratings.read_bytes(), vectors.read_bytes()
+    cases = [(ratings, whole[: len(whole) // 2], "unreadable Parquet file"),
+             (ratings, None, "no column time_of_day"),
+             (vectors, vector_bytes[: len(vector_bytes) // 2], "unreadable embeddings file")]
+    for path, content, message in cases:
+        if content is None:
+            pl.read_parquet(ratings).drop("time_of_day").write_parquet(ratings)
+        else:
+            path.write_bytes(content)
+        with pytest.raises(StaleInputs, match=f"{path}: {message}"):
+            load_store(settings, "agentdb", lambda m: None)
+        assert not (store_data / "agentdb").exists() or not any((store_data / "agentdb").rglob("*.*"))
+        ratings.write_bytes(whole)
+        vectors.write_bytes(vector_bytes)
+    # An extra, empty column is not read.
+    pl.read_parquet(ratings).with_columns(extra=pl.lit(None, dtype=pl.String)).write_parquet(ratings)
+    assert load_store(settings, "agentdb", lambda m: None)["status"] == "loaded"
 
 
 # --- the real agentdb ---------------------------------------------------------------------------------

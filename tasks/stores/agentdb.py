@@ -35,12 +35,13 @@ import polars as pl
 from adbc_driver_sqlite import dbapi as sqlite_dbapi
 
 from tasks import episodes as rl
+from tasks.caching import file_digest
 from tasks.errors import PipelineError
 from tasks.files import ZSTD, atomic_output
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad
-from tasks.stores.sources import h5_ids, open_h5
+from tasks.stores.sources import check_parquet, h5_ids, open_h5
 
 FORMAT = "agentdb-1"  # bump when what a shard holds changes: every shard is then rewritten
 MAX_SHARD_BYTES = 1 << 30
@@ -220,33 +221,34 @@ def write_shard(path: Path, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
     return {table: len(frame) for table, frame in tables.items()}
 
 
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def intact(path: Path, entry: dict | None) -> bool:
     """The file is the one the manifest entry describes (size, then sha256)."""
     return (entry is not None and path.exists() and path.stat().st_size == entry["bytes"]
-            and file_sha256(path) == entry["sha256"])
+            and file_digest(path) == entry["sha256"])
 
 
-def _user_vectors(data: Path, first: int, last: int) -> dict[int, bytes]:
-    """User id -> vector as agentdb's embedding BLOB (little-endian float32), for users first..last."""
-    path = data / USER_VECTORS
-    if not path.exists():
+def _user_vectors(data: Path, ids: np.ndarray, first: int, last: int) -> dict[int, bytes]:
+    """User id -> vector as agentdb's embedding BLOB (little-endian float32), for users first..last;
+    `ids`: the user ids of embeddings/users.h5, in its row order (read once per load)."""
+    rows = np.flatnonzero((ids >= first) & (ids <= last))
+    if not len(rows):
         return {}
-    with open_h5(path) as f:
-        ids = np.array([int(x) for x in f["ids"][:]])
-        rows = np.flatnonzero((ids >= first) & (ids <= last))
-        vectors = np.ascontiguousarray(f["embeddings"][rows] if len(rows) else np.empty((0, 0)), dtype="<f4")
+    with open_h5(data / USER_VECTORS) as f:
+        vectors = np.ascontiguousarray(f["embeddings"][rows], dtype="<f4")
     return {int(ids[r]): vectors[i].tobytes() for i, r in enumerate(rows)}
 
 
-def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int, old: dict | None) -> tuple[dict, bool]:
+def vector_ids(data: Path) -> np.ndarray:
+    """The user ids of embeddings/users.h5 in row order (none when the embed stage has not run)."""
+    path = data / USER_VECTORS
+    return np.array([int(u) for u in h5_ids(path)] if path.exists() else [], dtype=np.int64)
+
+
+def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int, old: dict | None,
+                with_vector: np.ndarray) -> tuple[dict, bool]:
     """One shard (`shard` None: the replay buffers) from the Parquet datasets: (its manifest entry,
     whether it was written). Unchanged contents and an intact file: nothing is written. Runs in a
-    worker process: it reads its own slice of the files."""
+    worker thread: it reads its own slice of the files; `with_vector` is vector_ids(data)."""
     steps_file = data / rl.EPISODES
     if shard is None:
         # The episodes stream past the buffers' few slots (the smaller side is the join's table).
@@ -259,7 +261,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
         in_shard = pl.col("user_id").is_between(first, last)
         steps = pl.scan_parquet(steps_file).filter(in_shard).collect()
         sessions = pl.scan_parquet(data / rl.SESSIONS).filter(in_shard).collect()
-        vectors = _user_vectors(data, first, last)
+        vectors = _user_vectors(data, with_vector, first, last)
         vector_frame = pl.DataFrame({"user_id": list(vectors), "v": list(vectors.values())},
                                     schema={"user_id": pl.Int64, "v": pl.Binary})
         entry = {"users": [first, last], "digest": digest(steps, sessions, vector_frame)}
@@ -267,7 +269,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
     if old and old["digest"] == entry["digest"] and intact(path, old):
         return old, False
     entry["counts"] = write_shard(path, tables())
-    entry.update(bytes=path.stat().st_size, sha256=file_sha256(path))
+    entry.update(bytes=path.stat().st_size, sha256=file_digest(path))
     return entry, True
 
 
@@ -297,8 +299,7 @@ def _experience_ids(data: Path) -> pl.LazyFrame:
 
 
 def _embedding_ids(data: Path) -> pl.LazyFrame:
-    vectors = data / USER_VECTORS
-    with_vector = pl.Series("user_id", [int(u) for u in h5_ids(vectors)] if vectors.exists() else [], dtype=pl.Int32)
+    with_vector = pl.Series("user_id", vector_ids(data), dtype=pl.Int32)
     return pl.scan_parquet(data / rl.SESSIONS).filter(pl.col("user_id").is_in(with_vector.implode())).select("session_id")
 
 
@@ -333,6 +334,8 @@ class AgentDBStore:
     def _build_datasets(self, data: Path, log: Log) -> None:
         """Episodes, sessions and buffers as Parquet under DATA_DIR/agentdb/ (tasks.episodes)."""
         ratings, users = data / rl.RATINGS, data / rl.USERS
+        check_parquet(ratings, rl.RATING_COLUMNS)
+        check_parquet(users, rl.USER_COLUMNS)
         rl.check_ratings(ratings, users)
         with atomic_output(data / rl.EPISODES) as tmp:
             rl.write_episodes(ratings, users, tmp)
@@ -345,6 +348,7 @@ class AgentDBStore:
     def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
         data = Path(data)
         self.create_schema(data)
+        with_vector = vector_ids(data)  # first: an unreadable vectors file stops the load before any write
         self._build_datasets(data, log)
         before = self.manifest()["shards"]
         users = pl.read_parquet(data / rl.SESSIONS, columns=["user_id"])["user_id"]
@@ -355,7 +359,7 @@ class AgentDBStore:
         done = 0
         with ThreadPoolExecutor(WORKERS) as pool:
             futures = {pool.submit(build_shard, data, self.folder / name, shard, self.users_per_shard,
-                                   before.get(name)): (name, n) for name, (shard, n) in jobs.items()}
+                                   before.get(name), with_vector): (name, n) for name, (shard, n) in jobs.items()}
             for future in as_completed(futures):
                 name, n = futures[future]
                 shards[name], written = future.result()

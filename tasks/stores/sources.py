@@ -75,6 +75,19 @@ def h5_ids(path: Path) -> list[str]:
         return [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
 
 
+def check_parquet(path: Path, columns: list[str]) -> None:
+    """A Parquet source that can be read (a truncated file has lost its footer) and has the columns
+    a store reads, else StaleInputs naming it: polars' own errors name neither the file nor its stage."""
+    try:
+        schema = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise StaleInputs(f"{path}: unreadable Parquet file ({reason}); rerun the stage that writes it") from exc
+    missing = [c for c in columns if c not in schema]
+    if missing:
+        raise StaleInputs(f"{path}: no column {', '.join(missing)}; rerun the stage that writes it")
+
+
 def h5_rows(path: Path) -> int:
     with open_h5(path) as f:
         return int(f["ids"].shape[0])

@@ -100,6 +100,40 @@ def prefect_api(settings: Settings) -> Iterator[str]:
         yield where
 
 
+class StagePeak:
+    """This process's peak resident memory since the last reset, in MB (Linux's VmHWM, reset through
+    /proc/self/clear_refs); None where the system does not tell."""
+
+    def reset(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+    def mb(self) -> int | None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            return None
+        return next((int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
+
+
+def output_rows(folder: Path) -> int:
+    """Rows in the folder's Parquet files and vectors in its embedding files (from their metadata:
+    nothing else is read)."""
+    import h5py
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for f in sorted(folder.glob("*")):
+        if f.suffix == ".parquet":
+            rows += pq.read_metadata(f).num_rows
+        elif f.suffix == ".h5":
+            with h5py.File(f, "r") as h5:
+                rows += len(h5["ids"])
+    return rows
+
+
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # what get_run_logger and log_prints write to
 
 

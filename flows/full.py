@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import load_settings, logs_to_data_dir, prefect_api, preflight, run_cli
+from flows.common import StagePeak, load_settings, logs_to_data_dir, output_rows, prefect_api, preflight, run_cli
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
 from flows.load import StoreName, add_store_flags, print_rows, raise_on_failed, run_loads, skipped_stores, \
@@ -29,6 +29,9 @@ from tasks.movielens import OnBadRows
 from tasks.movielens_sample import sample_release_task
 from tasks.settings import CatalogSize, RejectFraction
 from tasks.validation import validated
+
+# The folder each stage writes and its validation reads: the rows in the summary.
+STAGE_FOLDERS = {"ingest": "processed", "synthetic": "synthetic", "embed": "embeddings"}
 
 # Work pool -> the embed deployment that runs there (prefect.yaml).
 EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
@@ -77,6 +80,8 @@ def full_flow(
         embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
+    peak = StagePeak()
+    peak.reset()
     if embed_on and embed_on not in EMBED_DEPLOYMENTS:
         raise PipelineError(f"embed_on {embed_on!r}: no embed deployment on that pool; "
                             f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
@@ -86,9 +91,12 @@ def full_flow(
     storage = result_storage(data)
     rows: list[dict] = []
 
-    def record(stage: str, status: str, detail: str, started: float | None = None) -> None:
+    def record(stage: str, status: str, detail: str, started: float | None = None, folder: str | None = None) -> None:
         seconds = round(time.perf_counter() - started, 1) if started else None
-        rows.append({"stage": stage, "status": status, "seconds": seconds, "detail": detail})
+        rows.append({"stage": stage, "status": status, "seconds": seconds, "detail": detail,
+                     "rows": output_rows(data / folder) if folder else None,
+                     "peak_rss_mb": peak.mb() if started else None})
+        peak.reset()
 
     def ran(before: dict[str, int], *folders: Path) -> str:
         return "cached" if before and _stamps(*folders) == before else "completed"
@@ -102,7 +110,7 @@ def full_flow(
         counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
         status = "passed (cached)" if _stamps(data / "reports") == before else "passed"
         record(f"validate:{stage}", status, f"suites: {counts['pass']} pass, {counts['warn']} with warnings "
-                                            f"-> {data / 'reports'}", started)
+                                            f"-> {data / 'reports'}", started, STAGE_FOLDERS.get(stage))
 
     if skip_ingest:
         record("ingest", "skipped", "--skip-ingest")
@@ -118,7 +126,7 @@ def full_flow(
                                  max_reject_fraction=max_reject_fraction)
         stats = json.loads(Path(stats_path).read_text())
         record("ingest", ran(before, data / "processed"), ingest_summary(stats, source, Path(stats_path).parent),
-               started)
+               started, STAGE_FOLDERS["ingest"])
         gate("ingest")
 
     if skip_synthetic:
@@ -128,7 +136,7 @@ def full_flow(
         written = synthetic_flow(data_dir=str(data), catalog_size=settings.catalog_size, seed=settings.seed)
         record("synthetic", ran(before, data / "synthetic"),
                f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
-               f"-> {Path(written['users'][0]).parent}", started)
+               f"-> {Path(written['users'][0]).parent}", started, STAGE_FOLDERS["synthetic"])
         gate("synthetic")
 
     if skip_embed:
@@ -143,11 +151,13 @@ def full_flow(
                                  as_subflow=True)
             if not run.state or not run.state.is_completed():
                 raise RuntimeError(f"embedding on {embed_on} ended {run.state.name if run.state else 'without a state'}")
-            record("embed", "completed", f"on the {embed_on} work pool (flow run {run.name})", started)
+            record("embed", "completed", f"on the {embed_on} work pool (flow run {run.name})", started,
+                   STAGE_FOLDERS["embed"])
         else:
             written = embed_flow(data_dir=str(data), model=settings.model, device=settings.device)
             record("embed", ran(before, data / "embeddings"),
-                   f"{', '.join(sorted(written))} ({settings.model}) -> {Path(written['media']).parent}", started)
+                   f"{', '.join(sorted(written))} ({settings.model}) -> {Path(written['media']).parent}", started,
+                   STAGE_FOLDERS["embed"])
         gate("embed")
 
     if skip_validate:
@@ -156,7 +166,11 @@ def full_flow(
     for stage, skipped in (("ingest", skip_ingest), ("synthetic", skip_synthetic), ("embed", skip_embed)):
         if skipped:
             gate(stage, missing_ok=True)
+    peak.reset()
     loads = run_loads(data, skip_stores)
+    for row in loads:  # concurrent loads: one peak for all of them
+        row["peak_rss_mb"] = peak.mb() if row["seconds"] is not None else None
+    peak.reset()
     rows += loads
     if any(r["status"] in ("loaded", "unchanged") for r in loads) and not any(r["status"] == "failed" for r in loads):
         gate("load", missing_ok=True)

@@ -63,7 +63,8 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
         row = {"stage": name, "seconds": seconds}
         if future.state.is_completed():
             result = future.result()
-            row.update(status=result["status"], detail=_detail(result))
+            row.update(status=result["status"], detail=_detail(result),
+                       rows=sum(r["rows"] for r in result["tables"].values()))
         else:
             error = future.result(raise_on_failure=False)
             row.update(status="failed", detail=str(error))
@@ -72,10 +73,17 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: order.index(r["stage"]))
 
 
+def _figure(row: dict, key: str) -> str:
+    value = row.get(key)
+    return "" if value is None else f"{value:,}"
+
+
 def summary_markdown(title: str, data_dir: Path, rows: list[dict]) -> str:
-    table = "\n".join(f"| {r['stage']} | {r['status']} | {r['seconds'] if r['seconds'] is not None else ''} "
-                      f"| {r['detail']} |" for r in rows)
-    return f"# {title}\n\nData dir: `{data_dir}`\n\n| stage | status | s | detail |\n|---|---|---|---|\n{table}\n"
+    """The summary table of a run (the UI's artifact); rows and peak RSS where the flow measured them."""
+    table = "\n".join(f"| {r['stage']} | {r['status']} | {_figure(r, 'seconds')} | {_figure(r, 'rows')} "
+                      f"| {_figure(r, 'peak_rss_mb')} | {r['detail']} |" for r in rows)
+    return (f"# {title}\n\nData dir: `{data_dir}`\n\n| stage | status | s | rows | peak RSS MB | detail |\n"
+            f"|---|---|---|---|---|---|\n{table}\n")
 
 
 def raise_on_failed(rows: list[dict]) -> None:
@@ -114,7 +122,9 @@ def skipped_stores(args: argparse.Namespace) -> list[str]:
 def print_rows(rows: list[dict]) -> None:
     for row in rows:
         seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
-        print(f"  {row['stage']:18} {row['status']:15} {seconds}  {row['detail']}")
+        count = f"{row['rows']:>12,}" if row.get("rows") is not None else " " * 12
+        peak = f"{row['peak_rss_mb']:>6,} MB" if row.get("peak_rss_mb") is not None else " " * 9
+        print(f"  {row['stage']:18} {row['status']:15} {seconds} {count} {peak}  {row['detail']}")
 
 
 def main(argv: list[str] | None = None) -> int:

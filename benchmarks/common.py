@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,12 @@ def timed_load(settings, store: str) -> tuple[dict, list[tuple[float, str]], flo
 
     summary = load_store(settings, store, log)
     return summary, events, time.perf_counter() - started
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def cpu_model() -> str:

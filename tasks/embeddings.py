@@ -6,7 +6,7 @@ content hash of each text); attributes model, dim, normalized, created_at. A fil
 of the partial file, and a refresh re-encodes only texts whose hash changed or that are new.
 
 User vectors: one sparse users x movies matrix of rating weights times the movie vectors, then L2
-normalisation. Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked
+normalisation; a refresh computes only the users whose ratings or rated movies' vectors changed. Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked
 movies count most and a user whose ratings are all equal (even all 0.5) gets the plain mean of
 their movies' vectors. Ratings of movies without a vector are left out; users left with none get
 no vector and are counted in stats.json.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,8 +64,13 @@ def catalog_texts(catalog: Path) -> pl.DataFrame:
     return pl.read_parquet(catalog, columns=["id", "content_text"]).rename({"content_text": "text"})
 
 
+def content_hashes(blobs: Iterable[bytes]) -> np.ndarray:
+    """A 64-bit hash of each blob (stable across processes, unlike Python's hash)."""
+    return np.frombuffer(b"".join(hashlib.blake2b(b, digest_size=8).digest() for b in blobs), dtype="<u8")
+
+
 def text_hashes(texts: list[str]) -> np.ndarray:
-    return np.frombuffer(b"".join(hashlib.blake2b(t.encode(), digest_size=8).digest() for t in texts), dtype="<u8")
+    return content_hashes(t.encode() for t in texts)
 
 
 def check_texts(frame: pl.DataFrame, source: str) -> None:
@@ -200,38 +205,81 @@ def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
 
 # --- user vectors --------------------------------------------------------------------------------
 
+WEIGHTING = "(rating/5)^2"
+
+
+def _previous_users(out: Path, model: str) -> tuple[dict[int, int], h5py.File | None]:
+    """(user id -> row) and the open file of an earlier users.h5 made the same way; else nothing."""
+    if not out.exists():
+        return {}, None
+    f = h5py.File(out, "r")
+    if f.attrs.get("model") != model or f.attrs.get("weighting") != WEIGHTING or "hashes" not in f:
+        f.close()
+        return {}, None
+    return {int(u): row for row, u in enumerate(f["ids"].asstr()[:])}, f
+
+
 def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
-    """Rating-weighted mean of each user's movie vectors, one sparse product, L2-normalised."""
+    """Rating-weighted mean of each user's movie vectors, one sparse product, L2-normalised.
+
+    Incremental: each user's `hashes` entry sums a hash of (movie vector, rating) over their ratings,
+    so it changes exactly when a rating or a rated movie's vector does. Users whose hash is the one in
+    the earlier users.h5 keep their vector; only the others are computed (`computed`, `carried_over`)."""
     import scipy.sparse as sp
 
     media_ids, vectors = read_h5(media_h5)
+    model = _attr(media_h5, "model")
     # Join on the integer movie id (media ids are "ml_<movieId>"), and index rows by user id
     # directly: no string keys and no sort over the 25M ratings.
     lookup = pl.DataFrame({"movie_id": [int(m.removeprefix("ml_")) for m in media_ids],
-                           "col": np.arange(len(media_ids))}, schema={"movie_id": pl.Int32, "col": pl.Int32})
+                           "col": np.arange(len(media_ids)), "vector_hash": content_hashes(row.tobytes() for row in vectors)},
+                          schema={"movie_id": pl.Int32, "col": pl.Int32, "vector_hash": pl.UInt64})
     frame = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
              .join(lookup.lazy(), on="movie_id", how="inner")
-             .select("user_id", "col", weight=((pl.col("rating") / 5.0) ** 2).cast(pl.Float32))
+             .select("user_id", "col", weight=((pl.col("rating") / 5.0) ** 2).cast(pl.Float32),
+                     rating_hash=pl.struct("vector_hash", "rating").hash(seed=0))
              .collect(engine="streaming"))
-    user_id = frame["user_id"].to_numpy()
-    matrix = sp.csr_matrix((frame["weight"].to_numpy(), (user_id, frame["col"].to_numpy())),
-                           shape=(int(user_id.max()) + 1 if len(user_id) else 0, len(media_ids)))
-    del frame, user_id
-    weight_sums = np.asarray(matrix.sum(axis=1)).ravel()
-    users = np.flatnonzero(weight_sums > 0)  # users with at least one embedded movie (weights are > 0)
-    matrix = matrix[users]
+    # Sums wrap around in 64 bits: order-free, and one changed rating changes its user's sum.
+    signature = frame.group_by("user_id").agg(pl.col("rating_hash").sum()).sort("user_id")
+    ratings_used = frame.height
+    users, hashes = signature["user_id"].to_numpy(), signature["rating_hash"].to_numpy()
+    previous, old = _previous_users(out, model)
+    try:
+        if old is not None:
+            old_hashes = old["hashes"][:]
+            rows = np.array([previous.get(int(u), -1) for u in users], dtype=np.int64)
+            kept = (rows >= 0) & (old_hashes[np.maximum(rows, 0)] == hashes) if len(rows) else rows >= 0
+        else:
+            kept = np.zeros(len(users), dtype=bool)
+        result = np.empty((len(users), vectors.shape[1]), dtype=np.float32)
+        if kept.any():
+            result[kept] = old["embeddings"][:][rows[kept]]
+    finally:
+        if old is not None:
+            old.close()
+    todo = users[~kept]
+    part = frame.filter(pl.col("user_id").is_in(pl.Series(todo).implode())) if kept.any() else frame
+    del frame
+    user_id = part["user_id"].to_numpy()
+    index = np.searchsorted(todo, user_id)  # rows of the users to compute, in id order
+    matrix = sp.csr_matrix((part["weight"].to_numpy(), (index, part["col"].to_numpy())),
+                           shape=(len(todo), len(media_ids)))
+    del part, user_id, index
+    weight_sums = np.asarray(matrix.sum(axis=1)).ravel()  # > 0: every rating weighs at least 0.01
     summed = np.asarray(matrix @ vectors, dtype=np.float32)
-    summed /= weight_sums[users, None].astype(np.float32)  # the weighted mean
+    summed /= weight_sums[:, None].astype(np.float32)  # the weighted mean
     norms = np.linalg.norm(summed, axis=1, keepdims=True)
-    summed /= np.where(norms > 0, norms, 1.0)
+    result[~kept] = summed / np.where(norms > 0, norms, 1.0)
     all_users = pl.scan_parquet(ratings).select(pl.col("user_id").n_unique()).collect().item()
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ids", data=np.array([str(u) for u in users], dtype=object), dtype=h5py.string_dtype())
-        f.create_dataset("embeddings", data=summed, chunks=(min(CHUNK_ROWS, max(len(users), 1)), summed.shape[1]))
-        f.attrs.update(model=_attr(media_h5, "model"), dim=summed.shape[1], normalized=True,
-                       weighting="(rating/5)^2", created_at=datetime.now(timezone.utc).isoformat())
+        f.create_dataset("embeddings", data=result, chunks=(min(CHUNK_ROWS, max(len(users), 1)), result.shape[1]))
+        f.create_dataset("hashes", data=hashes)
+        f.attrs.update(model=model, dim=result.shape[1], normalized=True, weighting=WEIGHTING,
+                       created_at=datetime.now(timezone.utc).isoformat())
     return {"users": int(len(users)), "users_without_vector": int(all_users - len(users)),
-            "ratings_used": int(matrix.nnz)}
+            "ratings_used": ratings_used,
+            "computed": int(len(todo)), "carried_over": int(kept.sum())}
 
 
 def _attr(path: Path, name: str) -> str:
@@ -312,7 +360,8 @@ def user_vectors_task(ratings: str, media: str, out: str) -> str:
     counts = user_vectors(Path(ratings), Path(media), Path(out))
     counts.update(seconds=round(time.perf_counter() - started, 2), quality=quality(Path(out)))
     _write_stats(Path(out).parent, "users", counts)
-    get_run_logger().info("%s user vectors (%s users had no embedded movie)", f"{counts['users']:,}",
+    get_run_logger().info("%s user vectors: %s computed, %s carried over unchanged (%s users had no embedded movie)",
+                          f"{counts['users']:,}", f"{counts['computed']:,}", f"{counts['carried_over']:,}",
                           counts["users_without_vector"])
     return out
 

@@ -184,12 +184,13 @@ def sessions(episode_file: Path, users: Path) -> pl.LazyFrame:
 
 
 def buffers(episode_file: Path, session_file: Path) -> pl.LazyFrame:
-    """Per algorithm, the transitions its FIFO replay buffer holds: slot 0 is the oldest."""
+    """Per algorithm, the transitions its FIFO replay buffer holds (its newest buffer_size), oldest
+    first. A transition is known by its user and step, not by a slot number: new transitions push
+    out as many old ones and leave the others as they were."""
     steps = pl.scan_parquet(episode_file).select("user_id", "step", "timestamp_ms").join(
         pl.scan_parquet(session_file).select("user_id", "algorithm"), on="user_id")
     capacity = algorithm_table().select("algorithm", "buffer_size").lazy()
     newest = pl.int_range(pl.len()).over("algorithm", order_by=["timestamp_ms", "user_id", "step"], descending=True)
     kept = (steps.join(capacity, on="algorithm").with_columns(newest=newest)
             .filter(pl.col("newest") < pl.col("buffer_size")))
-    return (kept.with_columns(slot=(pl.len().over("algorithm") - 1 - pl.col("newest")).cast(pl.Int32))
-            .select("algorithm", "slot", "user_id", "step").sort("algorithm", "slot"))
+    return kept.sort("algorithm", "timestamp_ms", "user_id", "step").select("algorithm", "user_id", "step")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -138,7 +139,17 @@ def shard_state(folder: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(folder.glob("*.sqlite"))}
 
 
-def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shards(store_data, tmp_path):
+def stored_rows(folder: Path) -> Counter:
+    """Every row of every shard (without agentdb's autoincrement ids), as (file, table, values)."""
+    rows = Counter()
+    for path in sorted(folder.glob("*.sqlite")):
+        with sqlite3.connect(path) as db:
+            for table, columns in agentdb.COLUMNS.items():
+                rows.update((path.name, table, *r) for r in db.execute(f"SELECT {', '.join(columns)} FROM {table}"))
+    return rows
+
+
+def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(store_data, tmp_path):
     settings = settings_for(store_data)
     folder = settings.agentdb_target()
     summary = load_store(settings, "agentdb", lambda m: None)  # checks and reconciles every id
@@ -180,13 +191,16 @@ def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shard
     load_store(settings_for(store_data, tmp_path / "elsewhere"), "agentdb", lambda m: None)
     assert {n: s[1] for n, s in shard_state(tmp_path / "elsewhere").items()} == {n: s[1] for n, s in first.items()}
 
-    # One user's new rating rewrites that user's shard (and the buffers, which hold the newest steps).
+    # One user's new rating: in that user's shard only the user's session (its rows replaced, in step
+    # order), and in the buffers the transitions that changed; the result is what a load from
+    # nothing writes.
     ratings = pl.read_parquet(store_data / rl.RATINGS)
     user = int(steps["user_id"].max())  # in the last user shard
     newest = ratings.filter(pl.col("user_id") == user).sort("timestamp").tail(1)
     ratings = pl.concat([ratings, newest.with_columns(movie_id=pl.lit(999_999, dtype=pl.Int32),
                                                       timestamp=pl.col("timestamp") + 60)])
     ratings.write_parquet(store_data / rl.RATINGS)
+    old_rows = stored_rows(folder)
     stray = [folder / "shard-09999.sqlite", folder / ".shard-00000.sqlite.tmp"]  # as a killed load leaves them
     for path in stray:
         path.write_bytes(b"half")
@@ -195,6 +209,20 @@ def test_store_is_exact_idempotent_deterministic_and_rewrites_only_touched_shard
     after = shard_state(folder)
     changed = {name for name in after if after[name] != first[name]}
     assert changed == {f"shard-{user // 100:05d}.sqlite", agentdb.BUFFER_FILE}
+    new_rows = stored_rows(folder)
+    load_store(settings_for(store_data, tmp_path / "fresh"), "agentdb", lambda m: None)
+    assert new_rows == stored_rows(tmp_path / "fresh")
+    session = f"user-{user}"
+    user_steps = len(pl.read_parquet(store_data / rl.EPISODES).filter(pl.col("user_id") == user))
+    buffer_changes = sum(n for row, n in (new_rows - old_rows).items() if row[0] == agentdb.BUFFER_FILE
+                         and row[1] == "learning_experiences")
+    assert 1 <= buffer_changes < 20  # the new transition, and the user's last one, no longer terminal
+    written = {t: r["written"] for t, r in summary["tables"].items()}
+    assert written["learning_experiences"] == user_steps + buffer_changes
+    assert written["learning_policies"] == written["learning_state_embeddings"] == 1
+    assert 1 <= written["learning_sessions"] <= 2  # the user's (steps) and its buffer's (span), if that changed
+    untouched = {row: n for row, n in new_rows.items() if session not in row and row[0] != agentdb.BUFFER_FILE}
+    assert all(old_rows[row] == n for row, n in untouched.items())
     assert summary["tables"]["learning_experiences"]["rows"] == tables["learning_experiences"]["rows"] + (
         len(steps.filter(pl.col("user_id") == user)) < rl.STEP_CAP)
 

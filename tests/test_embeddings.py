@@ -123,11 +123,44 @@ def test_user_vector_weighting(tmp_path):
     counts = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
     ids, vectors = read_h5(tmp_path / "users.h5")
     by_user = dict(zip(ids, vectors))
-    assert counts == {"users": 3, "users_without_vector": 1, "ratings_used": 6}  # user 4 rated no embedded movie
+    assert counts == {"users": 3, "users_without_vector": 1, "ratings_used": 6,  # user 4 rated no embedded movie
+                      "computed": 3, "carried_over": 0}
     half = np.array([1, 1, 0]) / np.sqrt(2)
     assert np.allclose(by_user["1"], half) and np.allclose(by_user["2"], half)  # all 0.5 / all equal: plain mean
     assert by_user["3"][0] > 0.99 and by_user["3"][1] > 0  # the liked movie dominates; the disliked counts a little
     assert np.isfinite(vectors).all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+
+
+def test_a_refresh_computes_only_the_affected_user_vectors(tmp_path):
+    """Users whose ratings or rated movies' vectors changed are computed again, the others kept; the
+    result equals a computation from scratch."""
+    rng = np.random.default_rng(0)
+    movies = [f"ml_{m}" for m in range(1, 21)]
+    media = rng.normal(size=(20, 8)).astype(np.float32)
+    write_vectors(tmp_path / "media.h5", movies, media)
+    ratings = pl.DataFrame({"user_id": np.repeat(np.arange(1, 31), 4),
+                            "movie_id": np.concatenate([rng.choice(np.arange(2, 21), 4, replace=False)
+                                                        for _ in range(30)]),
+                            "rating": rng.choice([0.5, 2.0, 3.5, 5.0], 120)},
+                           schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32})
+    ratings = pl.concat([ratings, pl.DataFrame({"user_id": [3, 7], "movie_id": [1, 1], "rating": [4.0, 1.0]},
+                                               schema=ratings.schema)])  # only users 3 and 7 rated movie 1
+    ratings.write_parquet(tmp_path / "ratings.parquet")
+    first = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
+    assert (first["computed"], first["carried_over"]) == (30, 0)
+    assert user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")["computed"] == 0
+
+    media[0] = rng.normal(size=8)  # movie 1's text changed; user 12 rated one more movie
+    write_vectors(tmp_path / "media.h5", movies, media)
+    pl.concat([ratings, pl.DataFrame({"user_id": [12], "movie_id": [1], "rating": [3.0]}, schema=ratings.schema)]
+              ).write_parquet(tmp_path / "ratings.parquet")
+    counts = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
+    assert (counts["computed"], counts["carried_over"]) == (3, 27)  # users 3, 7 and 12
+    fresh = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "fresh.h5")
+    assert fresh["computed"] == 30
+    ids, vectors = read_h5(tmp_path / "users.h5")
+    assert ids == read_h5(tmp_path / "fresh.h5")[0]
+    assert np.allclose(vectors, read_h5(tmp_path / "fresh.h5")[1], atol=1e-6)
 
 
 def test_movie_texts_follow_the_seed(tmp_path):

@@ -41,7 +41,7 @@ def test_loads_run_at_once_under_their_concurrency_limits(prefect_server, store_
                                          flow_run_filter=FlowRunFilter(id={"any_": [state.state_details.flow_run_id]}))
         assert "| postgres | loaded |" in artifact[0].data and "media_embeddings 9,742" in artifact[0].data
         rows = sum(pl.scan_parquet(store_data / "agentdb" / f"{name}.parquet").select(pl.len()).collect().item()
-                   for name in ("episodes", "buffers"))  # each step and each buffer slot is an experience
+                   for name in ("episodes", "buffers"))  # each step and each buffer transition is an experience
         assert "| agentdb | loaded |" in artifact[0].data and f"learning_experiences {rows:,} (" in artifact[0].data
     report = json.loads((store_data / "reports" / "validation_load.json").read_text())
     assert {s["suite"]: s["status"] for s in report["suites"]} == {f"store_{n}": "pass" for n in BUILT}

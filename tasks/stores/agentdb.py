@@ -8,12 +8,15 @@ tables with Python's sqlite3, in shard files of users (agentdb-notes.md).
 - Shards: users user_id // users_per_shard go to shard-NNNNN.sqlite; the replay buffers to
   buffers.sqlite. agentdb reads a whole file into memory: with the 200-step cap a shard of 10,000
   users holds at most 2M experiences, and the check fails any file over MAX_SHARD_BYTES.
-- Idempotent by shard: a shard is rewritten only when the digest of what it would hold changed; it
-  is written under a temporary name and renamed, so agentdb never opens a half-written file. The
-  manifest (manifest.json) lists every shard with its users, digest, size, sha256 and counts;
-  files it does not list are removed.
+- Idempotent by shard, incremental by row: a shard is touched only when the digest of what it would
+  hold changed. A new shard is written whole; a changed one gets only what changed: every row of a
+  session whose rows differ is replaced (its experiences stay in step order), and in the buffers
+  each transition on its own. Either way the file is prepared under a temporary name (a copy of the
+  shard, for a change) and renamed, so agentdb never opens a half-written file. The manifest
+  (manifest.json) lists every shard with its users, digest, size, sha256 and counts; files it does
+  not list are removed.
 - Deterministic: no wall-clock time is written (times come from the ratings), so the same inputs
-  give the same bytes.
+  written from nothing give the same bytes (a shard changed row by row holds the same rows).
 - Writer rules: times in ms, camelCase config keys, status 'active' (agentdb predicts only for
   active sessions), no '|' in states or actions, a terminal step has next_state NULL and
   {"terminal": true} in its metadata, journal_mode DELETE at the end.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -43,7 +47,7 @@ from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad
 from tasks.stores.sources import check_parquet, h5_ids, open_h5
 
-FORMAT = "agentdb-1"  # bump when what a shard holds changes: every shard is then rewritten
+FORMAT = "agentdb-2"  # bump when what a shard holds changes: every shard is then rewritten
 MAX_SHARD_BYTES = 1 << 30
 MANIFEST = "manifest.json"
 BUFFER_FILE = "buffers.sqlite"
@@ -84,11 +88,12 @@ COLUMNS = {
                           "created_at"],
     "learning_state_embeddings": ["session_id", "state", "embedding"],
 }
-# Each table's key as ids() reads it back; an experience is its session and step (buffers: slot).
+# Each table's key as ids() reads it back; an experience is its session and step (a buffer's: the
+# buffer, the user session it came from and its step there).
 ID_SQL = {
     "learning_sessions": "SELECT id FROM learning_sessions",
-    "learning_experiences": "SELECT session_id || '/' || coalesce(json_extract(metadata, '$.slot'), "
-                            "json_extract(metadata, '$.step')) FROM learning_experiences",
+    "learning_experiences": "SELECT session_id || '/' || coalesce(json_extract(metadata, '$.session') || '/', '') "
+                            "|| json_extract(metadata, '$.step') FROM learning_experiences",
     "learning_policies": "SELECT session_id FROM learning_policies",
     "learning_state_embeddings": "SELECT session_id FROM learning_state_embeddings",
 }
@@ -177,19 +182,19 @@ def _sessions(sessions: pl.DataFrame) -> pl.DataFrame:
                                 pl.lit("}")]))
 
 
-def _buffer_shard(slots: pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """The replay buffers: one session per algorithm, its slots as experiences."""
-    meta = {"slot": pl.col("slot"), "session": pl.lit('"') + rl.session_id(pl.col("user_id")) + pl.lit('"'),
+def _buffer_shard(transitions: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The replay buffers: one session per algorithm, its transitions as experiences, oldest first."""
+    meta = {"session": pl.lit('"') + rl.session_id(pl.col("user_id")) + pl.lit('"'),
             "step": pl.col("step"), "episode": pl.col("episode"), "terminal": pl.when(pl.col("terminal")).then(pl.lit("true"))}
-    experiences = _experiences(_with_text(slots), pl.lit("replay-") + pl.col("algorithm"), meta)
-    algorithms = rl.algorithm_table().filter(pl.col("algorithm").is_in(slots["algorithm"].unique().implode()))
-    spans = slots.group_by("algorithm").agg(start=pl.col("timestamp_ms").min(), transitions=pl.len())
+    experiences = _experiences(_with_text(transitions), pl.lit("replay-") + pl.col("algorithm"), meta)
+    algorithms = rl.algorithm_table().filter(pl.col("algorithm").is_in(transitions["algorithm"].unique().implode()))
+    spans = transitions.group_by("algorithm").agg(start=pl.col("timestamp_ms").min(), transitions=pl.len())
     sessions = algorithms.join(spans, on="algorithm").sort("algorithm").select(
         id=pl.lit("replay-") + pl.col("algorithm"), user_id=pl.lit(BUFFER_USER), session_type="algorithm",
         config="config", start_time="start", end_time=pl.lit(None, dtype=pl.Int64), status=pl.lit("active"),
         metadata=pl.concat_str([pl.lit('{"kind":"replay_buffer","capacity":'), pl.col("buffer_size").cast(pl.String),
                                 pl.lit(',"transitions":'), pl.col("transitions").cast(pl.String),
-                                pl.lit(',"order":"fifo, slot 0 oldest","sampling":"uniform minibatches of batchSize"}')]))
+                                pl.lit(',"order":"fifo, oldest first by timestamp","sampling":"uniform minibatches of batchSize"}')]))
     empty = lambda table: pl.DataFrame(schema={c: pl.String for c in COLUMNS[table]})  # noqa: E731
     return {"learning_sessions": sessions, "learning_experiences": experiences,
             "learning_policies": empty("learning_policies"), "learning_state_embeddings": empty("learning_state_embeddings")}
@@ -221,6 +226,69 @@ def write_shard(path: Path, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
     return {table: len(frame) for table, frame in tables.items()}
 
 
+# What a changed shard replaces together: all the rows of a session (None: each row on its own).
+UNITS = {"learning_sessions": "id", "learning_experiences": "session_id", "learning_policies": "session_id",
+         "learning_state_embeddings": "session_id"}
+BUFFER_UNITS = {**UNITS, "learning_experiences": None}
+
+
+def row_hashes(frame: pl.DataFrame, table: str) -> pl.Series:
+    """A hash of each row's values as SQLite holds them: the same for the frame a shard is built from
+    and the rows read back from it (floats as float64, integers and text as text, blobs as hex)."""
+    def canonical(column: str) -> pl.Expr:
+        dtype = frame.schema[column]
+        if dtype == pl.Binary:
+            return pl.col(column).bin.encode("hex")
+        return (pl.col(column).cast(pl.Float64) if dtype.is_float() else pl.col(column)).cast(pl.String)
+
+    return frame.select(canonical(c) for c in COLUMNS[table]).hash_rows(seed=0)
+
+
+def _changed_units(stored: pl.DataFrame, new: pl.DataFrame, table: str, unit: str | None) -> tuple[pl.Series, pl.DataFrame, int]:
+    """(rowids to delete, rows to insert, units gone): the stored rows of every unit whose rows differ
+    from the new ones, and that unit's new rows in their order."""
+    if stored.is_empty() or new.is_empty():  # nothing to compare (and SQLite gives an empty result no types)
+        gone_units = stored[unit].n_unique() if unit else len(stored)
+        return stored["row_id"], new, gone_units if new.is_empty() else 0
+    key = unit or "_hash"
+    old = stored.with_columns(_hash=row_hashes(stored, table)).group_by(key, maintain_order=True).agg(
+        old=pl.col("_hash"), row_ids=pl.col("row_id"))
+    fresh = new.with_columns(_hash=row_hashes(new, table))
+    units = fresh.group_by(key, maintain_order=True).agg(new=pl.col("_hash"))
+    both = old.join(units, on=key, how="full", coalesce=True)
+    dirty = both.filter(pl.col("old").is_null() | pl.col("new").is_null() | (pl.col("old") != pl.col("new")))
+    inserts = fresh.filter(pl.col(key).is_in(dirty.filter(pl.col("new").is_not_null())[key].implode()))
+    return (dirty["row_ids"].explode().drop_nulls(), inserts.select(COLUMNS[table]),
+            dirty.filter(pl.col("new").is_null()).height)
+
+
+def update_shard(path: Path, tables: dict[str, pl.DataFrame], units: dict[str, str | None]) -> dict[str, TableLoad]:
+    """Bring an intact shard to `tables` by rows: in a copy of it, one transaction deletes the rows of
+    every changed unit (UNITS) and inserts their new rows; the copy then replaces the shard. Returns
+    per table the rows written and the rows of units gone."""
+    import pyarrow as pa
+
+    report = {}
+    with atomic_output(path) as tmp:
+        shutil.copyfile(path, tmp)
+        with sqlite_dbapi.connect(str(tmp)) as db, db.cursor() as cursor:
+            for table, frame in tables.items():
+                cursor.execute(f"SELECT rowid AS row_id, {', '.join(COLUMNS[table])} FROM {table} ORDER BY rowid")
+                stored = pl.from_arrow(cursor.fetch_arrow_table())
+                gone, inserts, units_gone = _changed_units(stored, frame.select(COLUMNS[table]), table, units[table])
+                if len(gone):
+                    cursor.adbc_ingest("gone", pa.table({"r": gone.cast(pl.Int64).to_arrow()}), mode="create",
+                                       temporary=True)
+                    cursor.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT r FROM temp.gone)")
+                    cursor.execute("DROP TABLE temp.gone")
+                if len(inserts):
+                    cursor.adbc_ingest(table, inserts.to_arrow(), mode="append")
+                report[table] = TableLoad(rows=len(frame), written=len(inserts),
+                                          deleted=units_gone if units[table] else len(gone) - len(inserts))
+            db.commit()
+    return report
+
+
 def intact(path: Path, entry: dict | None) -> bool:
     """The file is the one the manifest entry describes (size, then sha256)."""
     return (entry is not None and path.exists() and path.stat().st_size == entry["bytes"]
@@ -245,17 +313,19 @@ def vector_ids(data: Path) -> np.ndarray:
 
 
 def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int, old: dict | None,
-                with_vector: np.ndarray) -> tuple[dict, bool]:
+                with_vector: np.ndarray) -> tuple[dict, dict[str, TableLoad] | None]:
     """One shard (`shard` None: the replay buffers) from the Parquet datasets: (its manifest entry,
-    whether it was written). Unchanged contents and an intact file: nothing is written. Runs in a
-    worker thread: it reads its own slice of the files; `with_vector` is vector_ids(data)."""
+    what was written per table; None when nothing was). Unchanged contents and an intact file:
+    nothing is written; changed contents and an intact file (`old`: its entry in a manifest of this
+    FORMAT): only the changed rows. Runs in a worker thread: it reads its own slice of the files;
+    `with_vector` is vector_ids(data)."""
     steps_file = data / rl.EPISODES
     if shard is None:
-        # The episodes stream past the buffers' few slots (the smaller side is the join's table).
-        slots = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / rl.BUFFERS), on=["user_id", "step"])
-                 .collect(engine="streaming").sort("algorithm", "slot"))
-        entry = {"users": None, "digest": digest(slots)}
-        tables = lambda: _buffer_shard(slots)  # noqa: E731
+        # The episodes stream past the buffers' few transitions (the smaller side is the join's table).
+        transitions = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / rl.BUFFERS), on=["user_id", "step"])
+                       .collect(engine="streaming").sort("algorithm", "timestamp_ms", "user_id", "step"))
+        entry = {"users": None, "digest": digest(transitions)}
+        tables = lambda: _buffer_shard(transitions)  # noqa: E731
     else:
         first, last = shard * users_per_shard, (shard + 1) * users_per_shard - 1
         in_shard = pl.col("user_id").is_between(first, last)
@@ -266,11 +336,18 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
                                     schema={"user_id": pl.Int64, "v": pl.Binary})
         entry = {"users": [first, last], "digest": digest(steps, sessions, vector_frame)}
         tables = lambda: _user_shard(steps, sessions, vectors)  # noqa: E731
-    if old and old["digest"] == entry["digest"] and intact(path, old):
-        return old, False
-    entry["counts"] = write_shard(path, tables())
+    base = old is not None and intact(path, old)
+    if base and old["digest"] == entry["digest"]:
+        return old, None
+    content = tables()
+    if base:
+        report = update_shard(path, content, BUFFER_UNITS if shard is None else UNITS)
+    else:
+        report = {table: TableLoad(rows=n, written=n, deleted=max(0, (old or {}).get("counts", {}).get(table, 0) - n))
+                  for table, n in write_shard(path, content).items()}
+    entry["counts"] = {table: len(frame) for table, frame in content.items()}
     entry.update(bytes=path.stat().st_size, sha256=file_digest(path))
-    return entry, True
+    return entry, report
 
 
 # --- reconciliation sources --------------------------------------------------------------------------
@@ -293,9 +370,10 @@ def _session_ids(data: Path) -> pl.LazyFrame:
 
 def _experience_ids(data: Path) -> pl.LazyFrame:
     steps = pl.scan_parquet(data / rl.EPISODES).select(rl.session_id(pl.col("user_id")) + "/" + pl.col("step").cast(pl.String))
-    slots = pl.scan_parquet(data / rl.BUFFERS).select(
-        pl.lit("replay-") + pl.col("algorithm") + "/" + pl.col("slot").cast(pl.String))
-    return pl.concat([steps.rename(lambda _: "id"), slots.rename(lambda _: "id")])
+    transitions = pl.scan_parquet(data / rl.BUFFERS).select(
+        pl.lit("replay-") + pl.col("algorithm") + "/" + rl.session_id(pl.col("user_id")) + "/"
+        + pl.col("step").cast(pl.String))
+    return pl.concat([steps.rename(lambda _: "id"), transitions.rename(lambda _: "id")])
 
 
 def _embedding_ids(data: Path) -> pl.LazyFrame:
@@ -350,7 +428,8 @@ class AgentDBStore:
         self.create_schema(data)
         with_vector = vector_ids(data)  # first: an unreadable vectors file stops the load before any write
         self._build_datasets(data, log)
-        before = self.manifest()["shards"]
+        manifest = self.manifest()
+        before = manifest["shards"] if manifest.get("format") == FORMAT else {}  # another layout: write anew
         users = pl.read_parquet(data / rl.SESSIONS, columns=["user_id"])["user_id"]
         sizes = (users // self.users_per_shard).value_counts().sort("user_id").rows()
         jobs = {f"shard-{shard:05d}.sqlite": (shard, n) for shard, n in sizes} | {BUFFER_FILE: (None, 0)}
@@ -363,10 +442,9 @@ class AgentDBStore:
             for future in as_completed(futures):
                 name, n = futures[future]
                 shards[name], written = future.result()
-                old = before.get(name) or {}
-                for table, rows in shards[name]["counts"].items() if written else ():
-                    report[table].written += rows
-                    report[table].deleted += max(0, old.get("counts", {}).get(table, 0) - rows)
+                for table, result in (written or {}).items():
+                    report[table].written += result.written
+                    report[table].deleted += result.deleted
                 done += n
                 progress(done, len(users))
         for name, old in before.items():  # shards whose users are all gone
@@ -377,7 +455,7 @@ class AgentDBStore:
             tmp.write_text(json.dumps({"format": FORMAT, "users_per_shard": self.users_per_shard,
                                        "shards": dict(sorted(shards.items()))}, indent=1, sort_keys=True))
         # Files the manifest does not list: gone users' shards, and what a killed load left half-written.
-        for path in [*self.folder.glob("*.sqlite"), *self.folder.glob(".*.tmp")]:
+        for path in [*self.folder.glob("*.sqlite"), *self.folder.glob(".*.tmp"), *self.folder.glob(".*.tmp-journal")]:
             if path.name not in shards:
                 path.unlink()
         for table, rows in self.counts().items():

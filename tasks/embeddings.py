@@ -6,10 +6,11 @@ content hash of each text); attributes model, dim, normalized, created_at. A fil
 of the partial file, and a refresh re-encodes only texts whose hash changed or that are new.
 
 User vectors: one sparse users x movies matrix of rating weights times the movie vectors, then L2
-normalisation; a refresh computes only the users whose ratings or rated movies' vectors changed. Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked
-movies count most and a user whose ratings are all equal (even all 0.5) gets the plain mean of
-their movies' vectors. Ratings of movies without a vector are left out; users left with none get
-no vector and are counted in stats.json.
+normalisation; a refresh computes only the users whose ratings or rated movies' vectors changed.
+Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked movies count most
+and a user whose ratings are all equal (even all 0.5) gets the plain mean of their movies'
+vectors. Ratings of movies without a vector are left out; users left with none get no vector and
+are counted in stats.json.
 
 The model registry and loading are in tasks.models.
 """
@@ -232,7 +233,8 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     # Join on the integer movie id (media ids are "ml_<movieId>"), and index rows by user id
     # directly: no string keys and no sort over the 25M ratings.
     lookup = pl.DataFrame({"movie_id": [int(m.removeprefix("ml_")) for m in media_ids],
-                           "col": np.arange(len(media_ids)), "vector_hash": content_hashes(row.tobytes() for row in vectors)},
+                           "col": np.arange(len(media_ids)),
+                           "vector_hash": content_hashes(row.tobytes() for row in vectors)},
                           schema={"movie_id": pl.Int32, "col": pl.Int32, "vector_hash": pl.UInt64})
     frame = (pl.scan_parquet(ratings).select("user_id", "movie_id", "rating")
              .join(lookup.lazy(), on="movie_id", how="inner")
@@ -244,13 +246,11 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     ratings_used = frame.height
     users, hashes = signature["user_id"].to_numpy(), signature["rating_hash"].to_numpy()
     previous, old = _previous_users(out, model)
+    kept = np.zeros(len(users), dtype=bool)
     try:
-        if old is not None:
-            old_hashes = old["hashes"][:]
+        if previous:
             rows = np.array([previous.get(int(u), -1) for u in users], dtype=np.int64)
-            kept = (rows >= 0) & (old_hashes[np.maximum(rows, 0)] == hashes) if len(rows) else rows >= 0
-        else:
-            kept = np.zeros(len(users), dtype=bool)
+            kept = (rows >= 0) & (old["hashes"][:][np.maximum(rows, 0)] == hashes)
         result = np.empty((len(users), vectors.shape[1]), dtype=np.float32)
         if kept.any():
             result[kept] = old["embeddings"][:][rows[kept]]

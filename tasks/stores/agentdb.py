@@ -244,7 +244,8 @@ def row_hashes(frame: pl.DataFrame, table: str) -> pl.Series:
     return frame.select(canonical(c) for c in COLUMNS[table]).hash_rows(seed=0)
 
 
-def _changed_units(stored: pl.DataFrame, new: pl.DataFrame, table: str, unit: str | None) -> tuple[pl.Series, pl.DataFrame, int]:
+def _changed_units(stored: pl.DataFrame, new: pl.DataFrame, table: str,
+                   unit: str | None) -> tuple[pl.Series, pl.DataFrame, int]:
     """(rowids to delete, rows to insert, units gone): the stored rows of every unit whose rows differ
     from the new ones, and that unit's new rows in their order."""
     if stored.is_empty() or new.is_empty():  # nothing to compare (and SQLite gives an empty result no types)
@@ -284,7 +285,7 @@ def update_shard(path: Path, tables: dict[str, pl.DataFrame], units: dict[str, s
                 if len(inserts):
                     cursor.adbc_ingest(table, inserts.to_arrow(), mode="append")
                 report[table] = TableLoad(rows=len(frame), written=len(inserts),
-                                          deleted=units_gone if units[table] else len(gone) - len(inserts))
+                                          deleted=units_gone if units[table] else max(0, len(gone) - len(inserts)))
             db.commit()
     return report
 

@@ -272,6 +272,7 @@ def update_shard(path: Path, tables: dict[str, pl.DataFrame], units: dict[str, s
     report = {}
     with atomic_output(path) as tmp:
         shutil.copyfile(path, tmp)
+        tmp.with_name(f"{tmp.name}-journal").unlink(missing_ok=True)  # a killed update's: not this copy's
         with sqlite_dbapi.connect(str(tmp)) as db, db.cursor() as cursor:
             for table, frame in tables.items():
                 cursor.execute(f"SELECT rowid AS row_id, {', '.join(COLUMNS[table])} FROM {table} ORDER BY rowid")

@@ -312,10 +312,10 @@ def child_env(settings) -> dict:
             "PREFECT_API_URL": settings.prefect_api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
-def run_flow(settings, release: Path, catalog_size: int, label: str) -> dict:
+def run_flow(settings, release: Path, catalog_size: int, label: str, *flags: str) -> dict:
     """`python -m flows.full` in a child: its wall and CPU seconds, peak RSS and summary table."""
     command = [sys.executable, "-m", "flows.full", "--data-dir", str(settings.data_dir), "--source", str(release),
-               "--catalog-size", str(catalog_size)]
+               "--catalog-size", str(catalog_size), *flags]
     log = WORK / f"{label}.log"
     started = time.perf_counter()
     with log.open("w") as out:
@@ -336,7 +336,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--release", type=Path, default=RELEASE, help="the base release (default: the 25m-scale one)")
     parser.add_argument("--catalog-size", type=int, default=10_000)
+    parser.add_argument("--skip-validate", action="store_true",
+                        help="pass --skip-validate to every run (the same for the full run and the refreshes)")
     args = parser.parse_args()
+    flags = ["--skip-validate"] if args.skip_validate else []
     if not (args.release / "ratings.csv").exists():
         if args.release != RELEASE:
             raise SystemExit(f"{args.release}: no ratings.csv there")
@@ -351,15 +354,15 @@ def main() -> None:
     settings = services_settings()
     try:
         release = live_release(args.release, WORK / "release")
-        full = run_flow(settings, release, args.catalog_size, "full")
+        full = run_flow(settings, release, args.catalog_size, "full", *flags)
         before = snapshot(settings)
-        same = run_flow(settings, release, args.catalog_size, "no-change")
+        same = run_flow(settings, release, args.catalog_size, "no-change", *flags)
         unchanged = snapshot(settings)
         no_change = touched(before, unchanged)
         removed = removed_catalog_id(settings.data_dir, args.catalog_size)
         change = make_change(release, settings.data_dir)
         print(f"change: {json.dumps(change)[:400]}; catalog item {removed} removed", flush=True)
-        one = run_flow(settings, release, args.catalog_size - 1, "one-change")
+        one = run_flow(settings, release, args.catalog_size - 1, "one-change", *flags)
         one_change = touched(unchanged, snapshot(settings))
         stats = json.loads((settings.data_dir / "embeddings" / "stats.json").read_text())
         embedded = {"media_encoded": stats["media"]["encoded"], "catalog_encoded": stats["catalog"]["encoded"],
@@ -381,7 +384,7 @@ def main() -> None:
         "graph_two_writes": one_change.get("neo4j", {}).get("write_transactions") == 2,
         "removed_item_gone": not holding,
     }
-    print(json.dumps({"benchmark": "refresh", "cpu": cpu_model(), "catalog_size": args.catalog_size,
+    print(json.dumps({"benchmark": "refresh", "cpu": cpu_model(), "catalog_size": args.catalog_size, "flags": flags,
                       "wall_s": same["seconds"], "cpu_s": same["cpu_s"], "peak_rss_mb": same["peak_rss_mb"],
                       "full_wall_s": full["seconds"], "full_cpu_s": full["cpu_s"], "full_peak_rss_mb": full["peak_rss_mb"],
                       "one_change_wall_s": one["seconds"], "one_change_cpu_s": one["cpu_s"],

@@ -5,12 +5,16 @@ content hash of each text); attributes model, dim, normalized, created_at. A fil
 <name>.partial and renamed when complete: a run killed midway resumes from the last finished chunk
 of the partial file, and a refresh re-encodes only texts whose hash changed or that are new.
 
-User vectors: one sparse users x movies matrix of rating weights times the movie vectors, then L2
-normalisation; a refresh computes only the users whose ratings or rated movies' vectors changed.
-Weight rule: w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked movies count most
-and a user whose ratings are all equal (even all 0.5) gets the plain mean of their movies'
-vectors. Ratings of movies without a vector are left out; users left with none get no vector and
-are counted in stats.json.
+User vectors: one sparse users x movies matrix of rating weights times the movie vectors, less the
+centre (the same weighted mean over all ratings: the average taste), then L2 normalisation. A
+refresh computes only the users whose ratings or rated movies' vectors changed. Weight rule:
+w = (rating / 5)^2, in [0.01, 1], never zero or negative, so liked movies count most. Ratings of
+movies without a vector are left out; users left with none get no vector and are counted in
+stats.json.
+
+Why the centre: the weighted mean of a few hundred movie vectors is close to every other user's
+(at 25m scale all users lay within cosine distance ~0.0015, and an HNSW index could not find a
+user's own vector); what tells users apart is how their taste differs from the average.
 
 The model registry and loading are in tasks.models.
 """
@@ -206,7 +210,10 @@ def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
 
 # --- user vectors --------------------------------------------------------------------------------
 
-WEIGHTING = "(rating/5)^2"
+WEIGHTING = "(rating/5)^2, less the ratings' weighted mean"
+# The centre moves a little with every rating: the stored one is kept (and so every unchanged user's
+# vector) until the new one differs from it by more than this share of its length.
+CENTRE_DRIFT = 0.01
 
 
 def _previous_users(out: Path, model: str) -> tuple[dict[int, int], h5py.File | None]:
@@ -214,18 +221,21 @@ def _previous_users(out: Path, model: str) -> tuple[dict[int, int], h5py.File | 
     if not out.exists():
         return {}, None
     f = h5py.File(out, "r")
-    if f.attrs.get("model") != model or f.attrs.get("weighting") != WEIGHTING or "hashes" not in f:
+    if f.attrs.get("model") != model or f.attrs.get("weighting") != WEIGHTING or "centre" not in f:
         f.close()
         return {}, None
     return {int(u): row for row, u in enumerate(f["ids"].asstr()[:])}, f
 
 
-def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
-    """Rating-weighted mean of each user's movie vectors, one sparse product, L2-normalised.
+def user_vectors(ratings: Path, media_h5: Path, out: Path, centre_drift: float = CENTRE_DRIFT) -> dict:
+    """Rating-weighted mean of each user's movie vectors less the centre, one sparse product,
+    L2-normalised.
 
     Incremental: each user's `hashes` entry sums a hash of (movie vector, rating) over their ratings,
     so it changes exactly when a rating or a rated movie's vector does. Users whose hash is the one in
-    the earlier users.h5 keep their vector; only the others are computed (`computed`, `carried_over`)."""
+    the earlier users.h5 keep their vector, as long as the earlier centre is kept (it is, until the
+    new one drifts from it by more than `centre_drift`); only the others are computed (`computed`,
+    `carried_over`, `centre_kept`)."""
     import scipy.sparse as sp
 
     media_ids, vectors = read_h5(media_h5)
@@ -245,9 +255,19 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     signature = frame.group_by("user_id").agg(pl.col("rating_hash").sum()).sort("user_id")
     ratings_used = frame.height
     users, hashes = signature["user_id"].to_numpy(), signature["rating_hash"].to_numpy()
+    per_movie = frame.group_by("col").agg(pl.col("weight").sum())
+    totals = np.zeros(len(media_ids), dtype=np.float64)
+    totals[per_movie["col"].to_numpy()] = per_movie["weight"].to_numpy()
+    centre = (totals @ vectors / max(totals.sum(), 1e-12)).astype(np.float32)
     previous, old = _previous_users(out, model)
     kept = np.zeros(len(users), dtype=bool)
     try:
+        centre_kept = bool(previous) and bool(np.linalg.norm(centre - old["centre"][:]) <= centre_drift * max(
+            float(np.linalg.norm(old["centre"][:])), 1e-12))
+        if centre_kept:
+            centre = old["centre"][:]
+        else:
+            previous = {}  # a new centre: every user is computed again
         if previous:
             rows = np.array([previous.get(int(u), -1) for u in users], dtype=np.int64)
             kept = (rows >= 0) & (old["hashes"][:][np.maximum(rows, 0)] == hashes)
@@ -268,18 +288,24 @@ def user_vectors(ratings: Path, media_h5: Path, out: Path) -> dict:
     weight_sums = np.asarray(matrix.sum(axis=1)).ravel()  # > 0: every rating weighs at least 0.01
     summed = np.asarray(matrix @ vectors, dtype=np.float32)
     summed /= weight_sums[:, None].astype(np.float32)  # the weighted mean
+    summed -= centre
     norms = np.linalg.norm(summed, axis=1, keepdims=True)
-    result[~kept] = summed / np.where(norms > 0, norms, 1.0)
+    # A user exactly at the centre has no direction of their own: the average taste's.
+    at_centre = norms[:, 0] < 1e-6
+    summed[at_centre] = centre
+    norms[at_centre] = max(float(np.linalg.norm(centre)), 1e-12)
+    result[~kept] = summed / norms
     all_users = pl.scan_parquet(ratings).select(pl.col("user_id").n_unique()).collect().item()
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("ids", data=np.array([str(u) for u in users], dtype=object), dtype=h5py.string_dtype())
         f.create_dataset("embeddings", data=result, chunks=(min(CHUNK_ROWS, max(len(users), 1)), result.shape[1]))
         f.create_dataset("hashes", data=hashes)
+        f.create_dataset("centre", data=centre)
         f.attrs.update(model=model, dim=result.shape[1], normalized=True, weighting=WEIGHTING,
                        created_at=datetime.now(timezone.utc).isoformat())
     return {"users": int(len(users)), "users_without_vector": int(all_users - len(users)),
             "ratings_used": ratings_used,
-            "computed": int(len(todo)), "carried_over": int(kept.sum())}
+            "computed": int(len(todo)), "carried_over": int(kept.sum()), "centre_kept": centre_kept}
 
 
 def _attr(path: Path, name: str) -> str:
@@ -354,7 +380,10 @@ def embed_catalog_task(catalog: str, out: str, model: str, device: str, batch_si
     return out
 
 
-@task(name="user-vectors", cache_key_fn=key_from_inputs(EMBED_VERSION, ("ratings", "media")), persist_result=True)
+USERS_VERSION = "users-2"  # bump when what a user vector is changes (users-2: centred)
+
+
+@task(name="user-vectors", cache_key_fn=key_from_inputs(USERS_VERSION, ("ratings", "media")), persist_result=True)
 def user_vectors_task(ratings: str, media: str, out: str) -> str:
     started = time.perf_counter()
     counts = user_vectors(Path(ratings), Path(media), Path(out))

@@ -114,26 +114,42 @@ def write_vectors(path, ids, vectors):
         f.attrs["model"] = "test"
 
 
-def test_user_vector_weighting(tmp_path):
+def expected_user_vectors(ratings: pl.DataFrame, movies: list[str], media: np.ndarray, centre=None) -> dict:
+    """The definition, user by user: weights (r/5)^2, the weighted mean of the rated movies' vectors
+    less the centre (the same mean over all ratings), normalised."""
+    col = {int(m.removeprefix("ml_")): i for i, m in enumerate(movies)}
+    rows = [(u, col[m], (r / 5) ** 2) for u, m, r in ratings.iter_rows() if m in col]
+    if centre is None:
+        centre = sum(w * media[c] for _, c, w in rows) / sum(w for *_, w in rows)
+    result = {}
+    for user in sorted({u for u, *_ in rows}):
+        mine = [(c, w) for u, c, w in rows if u == user]
+        v = sum(w * media[c] for c, w in mine) / sum(w for _, w in mine) - centre
+        result[str(user)] = v / np.linalg.norm(v)
+    return result
+
+
+def test_user_vectors_are_the_weighted_taste_less_the_average(tmp_path):
     write_vectors(tmp_path / "media.h5", ["ml_1", "ml_2", "ml_3"], np.eye(3))
-    pl.DataFrame({"user_id": [1, 1, 2, 2, 3, 3, 4], "movie_id": [1, 2, 1, 2, 1, 2, 99],
-                  "rating": [0.5, 0.5, 3.0, 3.0, 5.0, 0.5, 4.0]},
-                 schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32}
-                 ).write_parquet(tmp_path / "ratings.parquet")
+    ratings = pl.DataFrame({"user_id": [1, 1, 2, 2, 3, 3, 4], "movie_id": [1, 2, 1, 2, 3, 1, 99],
+                            "rating": [5.0, 0.5, 0.5, 5.0, 4.0, 1.0, 4.0]},
+                           schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32})
+    ratings.write_parquet(tmp_path / "ratings.parquet")
     counts = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
     ids, vectors = read_h5(tmp_path / "users.h5")
     by_user = dict(zip(ids, vectors))
     assert counts == {"users": 3, "users_without_vector": 1, "ratings_used": 6,  # user 4 rated no embedded movie
-                      "computed": 3, "carried_over": 0}
-    half = np.array([1, 1, 0]) / np.sqrt(2)
-    assert np.allclose(by_user["1"], half) and np.allclose(by_user["2"], half)  # all 0.5 / all equal: plain mean
-    assert by_user["3"][0] > 0.99 and by_user["3"][1] > 0  # the liked movie dominates; the disliked counts a little
+                      "computed": 3, "carried_over": 0, "centre_kept": False}
+    for user, vector in expected_user_vectors(ratings, ["ml_1", "ml_2", "ml_3"], np.eye(3)).items():
+        assert np.allclose(by_user[user], vector, atol=1e-6)
+    assert by_user["1"] @ by_user["2"] < -0.5  # opposite tastes point apart
+    assert np.argmax(by_user["3"]) == 2  # the one who liked movie 3 points at it most
     assert np.isfinite(vectors).all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
 
 
 def test_a_refresh_computes_only_the_affected_user_vectors(tmp_path):
-    """Users whose ratings or rated movies' vectors changed are computed again, the others kept; the
-    result equals a computation from scratch."""
+    """Users whose ratings or rated movies' vectors changed are computed again, the others kept, on the
+    kept centre; a change that moves the centre further recomputes everyone."""
     rng = np.random.default_rng(0)
     movies = [f"ml_{m}" for m in range(1, 21)]
     media = rng.normal(size=(20, 8)).astype(np.float32)
@@ -141,26 +157,43 @@ def test_a_refresh_computes_only_the_affected_user_vectors(tmp_path):
     ratings = pl.DataFrame({"user_id": np.repeat(np.arange(1, 31), 4),
                             "movie_id": np.concatenate([rng.choice(np.arange(2, 21), 4, replace=False)
                                                         for _ in range(30)]),
-                            "rating": rng.choice([0.5, 2.0, 3.5, 5.0], 120)},
+                            "rating": rng.choice([3.5, 4.0, 5.0], 120)},
                            schema={"user_id": pl.Int32, "movie_id": pl.Int32, "rating": pl.Float32})
-    ratings = pl.concat([ratings, pl.DataFrame({"user_id": [3, 7], "movie_id": [1, 1], "rating": [4.0, 1.0]},
-                                               schema=ratings.schema)])  # only users 3 and 7 rated movie 1
+    # Only users 3 and 7 rated movie 1, lowly: its share of the centre is small.
+    ratings = pl.concat([ratings, pl.DataFrame({"user_id": [3, 7], "movie_id": [1, 1], "rating": [0.5, 0.5]},
+                                               schema=ratings.schema)])
     ratings.write_parquet(tmp_path / "ratings.parquet")
     first = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
     assert (first["computed"], first["carried_over"]) == (30, 0)
-    assert user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")["computed"] == 0
+    again = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
+    assert (again["computed"], again["centre_kept"]) == (0, True)
+    before = dict(zip(*read_h5(tmp_path / "users.h5")))
 
-    media[0] = rng.normal(size=8)  # movie 1's text changed; user 12 rated one more movie
+    media[0] = rng.normal(size=8)  # movie 1's text changed; user 12 rated it too
     write_vectors(tmp_path / "media.h5", movies, media)
-    pl.concat([ratings, pl.DataFrame({"user_id": [12], "movie_id": [1], "rating": [3.0]}, schema=ratings.schema)]
-              ).write_parquet(tmp_path / "ratings.parquet")
+    changed = pl.concat([ratings, pl.DataFrame({"user_id": [12], "movie_id": [1], "rating": [0.5]},
+                                               schema=ratings.schema)])
+    changed.write_parquet(tmp_path / "ratings.parquet")
     counts = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
-    assert (counts["computed"], counts["carried_over"]) == (3, 27)  # users 3, 7 and 12
+    assert (counts["computed"], counts["carried_over"], counts["centre_kept"]) == (3, 27, True)  # users 3, 7, 12
+    with h5py.File(tmp_path / "users.h5") as f:
+        centre = f["centre"][:]
+    after = dict(zip(*read_h5(tmp_path / "users.h5")))
+    expected = expected_user_vectors(changed, movies, media, centre)
+    for user, vector in after.items():
+        if user in ("3", "7", "12"):
+            assert np.allclose(vector, expected[user], atol=1e-5)
+        else:
+            assert np.array_equal(vector, before[user])  # carried over as it was
+
+    # Many new ratings of movie 1 move the centre: every user is computed again, on the new centre.
+    pl.concat([changed, pl.DataFrame({"user_id": np.arange(1, 31), "movie_id": [1] * 30, "rating": [5.0] * 30},
+                                     schema=ratings.schema)]).unique(["user_id", "movie_id"], keep="last")\
+        .write_parquet(tmp_path / "ratings.parquet")
+    moved = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
+    assert (moved["computed"], moved["centre_kept"]) == (30, False)
     fresh = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "fresh.h5")
-    assert fresh["computed"] == 30
-    ids, vectors = read_h5(tmp_path / "users.h5")
-    assert ids == read_h5(tmp_path / "fresh.h5")[0]
-    assert np.allclose(vectors, read_h5(tmp_path / "fresh.h5")[1], atol=1e-6)
+    assert np.allclose(read_h5(tmp_path / "users.h5")[1], read_h5(tmp_path / "fresh.h5")[1], atol=1e-6)
 
 
 def test_movie_texts_follow_the_seed(tmp_path):

@@ -172,10 +172,12 @@ def full_flow(
         row["peak_rss_mb"] = peak.mb() if row["seconds"] is not None else None
     peak.reset()
     rows += loads
-    if any(r["status"] in ("loaded", "unchanged") for r in loads) and not any(r["status"] == "failed" for r in loads):
-        gate("load", missing_ok=True)
-    create_markdown_artifact(key="full-refresh-summary", markdown=summary_markdown("Full refresh", data, rows),
-                             description="What ran in this full refresh")
+    try:
+        if any(r["status"] in ("loaded", "unchanged") for r in loads) and not any(r["status"] == "failed" for r in loads):
+            gate("load", missing_ok=True)
+    finally:  # the summary of what ran, also when the last gate stops the run
+        create_markdown_artifact(key="full-refresh-summary", markdown=summary_markdown("Full refresh", data, rows),
+                                 description="What ran in this full refresh")
     raise_on_failed(rows)
     return rows
 

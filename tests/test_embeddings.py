@@ -192,7 +192,7 @@ def test_a_refresh_computes_only_the_affected_user_vectors(tmp_path):
         .write_parquet(tmp_path / "ratings.parquet")
     moved = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "users.h5")
     assert (moved["computed"], moved["centre_kept"]) == (30, False)
-    fresh = user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "fresh.h5")
+    user_vectors(tmp_path / "ratings.parquet", tmp_path / "media.h5", tmp_path / "fresh.h5")
     assert np.allclose(read_h5(tmp_path / "users.h5")[1], read_h5(tmp_path / "fresh.h5")[1], atol=1e-6)
 
 

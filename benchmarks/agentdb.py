@@ -44,7 +44,7 @@ def prepare() -> Path:
     import numpy as np
     import polars as pl
 
-    from tasks.synthetic import profiles
+    from tasks.synthetic.datasets import profiles
 
     marker = DATA / "benchmark.json"
     if marker.exists():
@@ -115,7 +115,7 @@ def seed(slice_percent: int) -> dict:
     """The seed's method on a slice of the users (see the module's docstring)."""
     import pandas as pd
 
-    from tasks.episodes import ARCHETYPE_ALGORITHM
+    from tasks.stores.episodes import ARCHETYPE_ALGORITHM
 
     shutil.rmtree(SEED_OUT, ignore_errors=True)
     SEED_OUT.mkdir(parents=True)

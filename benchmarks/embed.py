@@ -5,7 +5,7 @@
     python benchmarks/embed.py --bundle                                  # here: what a GPU machine needs
     python3 benchmarks/embed.py --gpu-only                               # there: GPU figures
 
-Ours: tasks.models.load_model (fp16 on CUDA, bf16 on a CPU with AMX) and tasks.models.encode
+Ours: tasks.embed.models.load_model (fp16 on CUDA, bf16 on a CPU with AMX) and tasks.embed.models.encode
 (sentence-transformers sorts texts by length into batches: 256 on CPU, 1024 on a GPU). Baseline
 (seed 000): plain transformers AutoModel in fp32, fixed batches of 64 in input order, mean pooling.
 Both encode the same movie texts (a generated small release) with all-MiniLM-L6-v2, each in its own
@@ -59,9 +59,9 @@ def movie_texts_sample(prefer_25m: bool = False) -> list[str]:
     """Distinct movie texts (needs the project's stack): a generated small release's, or with
     prefer_25m the 25m-scale release's that benchmarks/ingest.py leaves (genome themes make them
     longer: 83 characters on average against 47)."""
-    from tasks.embeddings import movie_texts
-    from tasks.movielens import ingest_release
-    from tasks.movielens_sample import generate
+    from tasks.embed.embeddings import movie_texts
+    from tasks.ingest.movielens import ingest_release
+    from tasks.ingest.sample import generate
 
     if prefer_25m and (CACHE / "out-ours" / "movies.parquet").exists():
         return movie_texts(CACHE / "out-ours")["text"].to_list()
@@ -87,7 +87,7 @@ def write_bundle(out: Path, distinct: list[str]) -> float:
     Returns its size in MiB (one device call carries at most 64)."""
     import numpy as np
 
-    from tasks.models import encode, load_model
+    from tasks.embed.models import encode, load_model
 
     model = load_model(MODEL, "cpu", precision="fp32")
     reference = encode(model, distinct[:REFERENCE_ROWS])
@@ -104,7 +104,7 @@ def write_bundle(out: Path, distinct: list[str]) -> float:
 
 def bundled_model(name: str, bundle: Path, device: str, workdir: Path):
     """MiniLM-L6 from the bundle; bge-base from the HF cache, else its architecture with random weights."""
-    from tasks.models import EmbeddingError, load_model
+    from tasks.embed.models import EmbeddingError, load_model
 
     if name == MODEL:
         return load_model(str(bundle / MODEL), device), "real"
@@ -131,7 +131,7 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
     import numpy as np
     import torch
 
-    from tasks.models import encode, load_model
+    from tasks.embed.models import encode, load_model
 
     batch = texts(n, bundle)
     with tempfile.TemporaryDirectory() as workdir:
@@ -174,7 +174,7 @@ def precision_figures(n: int, precision: str) -> dict:
     import numpy as np
     import torch
 
-    from tasks.models import encode, load_model
+    from tasks.embed.models import encode, load_model
 
     distinct = movie_texts_sample()[:AGREEMENT_ROWS]
     model = load_model(MODEL, "cpu", precision="fp32")
@@ -208,7 +208,7 @@ def seed_generator(n: int, device: str = "cpu", bundle: Path | None = None) -> d
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tasks.models import model_path
+    from tasks.embed.models import model_path
 
     batch = texts(n, bundle)
     path = str(bundle / MODEL if bundle else model_path(MODEL))
@@ -235,7 +235,7 @@ def users(scale: str) -> dict:
     import numpy as np
     import polars as pl
 
-    from tasks.embeddings import user_vectors
+    from tasks.embed.embeddings import user_vectors
 
     processed = CACHE / "out-ours" if scale == "25m" else CACHE / "embed-processed"
     if not (processed / "ratings.parquet").exists():
@@ -310,7 +310,7 @@ def main() -> None:
         measure(lambda: seed_generator(args.gpu_texts if gpu else args.texts, args.device if gpu else "cpu", bundle))
         return
     if args.child == "users":
-        import tasks.embeddings  # noqa: F401
+        import tasks.embed.embeddings  # noqa: F401
 
         measure(lambda: users(args.users_scale))
         return
@@ -327,7 +327,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from tasks.models import native_bf16_cpu
+    from tasks.embed.models import native_bf16_cpu
 
     figures: dict = {"benchmark": "embed", "model": MODEL, "texts": args.texts, "cpu": cpu_model(),
                      "isa": "AVX2 code paths (torch, oneDNN, MKL held to AVX2)" if args.isa == "avx2" else "native",

@@ -22,7 +22,7 @@ from benchmarks.common import CACHE, compare, cpu_model, measure, run_child  # n
 
 
 def ours(release: Path, out: Path) -> None:
-    from tasks.movielens import ingest_release
+    from tasks.ingest.movielens import ingest_release
 
     ingest_release(release, out)
 
@@ -88,7 +88,7 @@ def child(path: str, release: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     # Imports happen before the clock starts: the figure is the work, not Python's start-up.
     if path == "ours":
-        import tasks.movielens  # noqa: F401
+        import tasks.ingest.movielens  # noqa: F401
     else:
         import pandas  # noqa: F401
         import pyarrow.parquet  # noqa: F401
@@ -113,7 +113,7 @@ def main() -> None:
         child(args.child, args.release, args.out)
         return
 
-    from tasks.movielens_sample import generate
+    from tasks.ingest.sample import generate
 
     release = CACHE / f"ml-{args.scale}-seed{args.seed}"
     generate_s = None

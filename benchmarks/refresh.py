@@ -142,7 +142,7 @@ def _graph(settings) -> dict:
 
     from tasks.stores import STORES
 
-    reply = httpx.get(f"http://127.0.0.1:{settings.graph_http_port}/api/v1/server", params={"mode": "default"},
+    reply = httpx.get(f"http://127.0.0.1:{settings.neo4j_http_port}/api/v1/server", params={"mode": "default"},
                       auth=("root", settings.local_password.get_secret_value()), timeout=30)
     reply.raise_for_status()
     profiler = reply.json()["metrics"]["profiler"]
@@ -299,17 +299,17 @@ def services_settings():
         folder.mkdir(parents=True, exist_ok=True)
         ports_file.write_text(json.dumps(ports))
     settings = Settings(_env_file=None, data_dir=WORK / "data", services_dir=folder, postgres_port=ports["postgres"],
-                        bolt_port=ports["bolt"], graph_http_port=ports["http"], prefect_port=ports["prefect"],
-                        graph_heap="3g")
+                        neo4j_bolt_port=ports["bolt"], neo4j_http_port=ports["http"], prefect_port=ports["prefect"],
+                        neo4j_heap="3g")
     services.start(settings, list(services.SERVICES))
     return settings
 
 
 def child_env(settings) -> dict:
     return {**os.environ, "MG_SERVICES_DIR": str(settings.services_dir), "MG_POSTGRES_PORT": str(settings.postgres_port),
-            "MG_BOLT_PORT": str(settings.bolt_port), "MG_GRAPH_HTTP_PORT": str(settings.graph_http_port),
-            "MG_PREFECT_PORT": str(settings.prefect_port), "MG_GRAPH_HEAP": settings.graph_heap,
-            "PREFECT_API_URL": settings.prefect_api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            "MG_NEO4J_BOLT_PORT": str(settings.neo4j_bolt_port), "MG_NEO4J_HTTP_PORT": str(settings.neo4j_http_port),
+            "MG_PREFECT_PORT": str(settings.prefect_port), "MG_NEO4J_HEAP": settings.neo4j_heap,
+            "PREFECT_API_URL": settings.local_prefect_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def run_flow(settings, release: Path, catalog_size: int, label: str, *flags: str) -> dict:
@@ -343,7 +343,7 @@ def main() -> None:
     if not (args.release / "ratings.csv").exists():
         if args.release != RELEASE:
             raise SystemExit(f"{args.release}: no ratings.csv there")
-        from tasks.movielens_sample import generate
+        from tasks.ingest.sample import generate
 
         generate("25m", RELEASE, seed=42)  # as benchmarks/ingest.py makes it
     print(f"CPU: {cpu_model()}", flush=True)

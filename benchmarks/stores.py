@@ -96,8 +96,8 @@ def prepare(catalog: int, movies: int, users: int, vectors_from: Path | None) ->
     import polars as pl
 
     from tasks.stores.sources import h5_rows
-    from tasks.synthetic import CATALOG_TEMPLATE, availability, build_platforms, profiles
-    from tasks.templates import load_template, write_dataset
+    from tasks.synthetic.datasets import CATALOG_TEMPLATE, availability, build_platforms, profiles
+    from tasks.synthetic.templates import load_template, write_dataset
 
     data = data_dir(catalog)
     marker = data / "benchmark.json"

@@ -15,9 +15,10 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks import services
+from tasks.errors import PipelineError, run_cli
 from tasks.settings import Settings
 from tasks.stores import STORES
-from tasks.stores.loading import ensure_concurrency_limits
+from tasks.stores.tasks import ensure_concurrency_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 # Pool -> (type, base job template). local-process runs flows beside the worker; a100-gpu runs the
@@ -30,26 +31,25 @@ def prefect_cli(*args: str, env: dict[str, str]) -> None:
     prefect = str(Path(sys.executable).with_name("prefect"))
     result = subprocess.run([prefect, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"prefect {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+        raise PipelineError(f"prefect {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
 
 
 def deploy(settings: Settings) -> None:
     api_url = services.prefect_api_url(settings)
     if api_url is None:
-        raise SystemExit("No Prefect server: set PREFECT_API_URL, or run `python -m tasks.services start prefect`.")
+        raise PipelineError("No Prefect server: set PREFECT_API_URL, or run `python -m tasks.services start prefect`.")
     env = {**os.environ, "PREFECT_API_URL": api_url, "MG_PROJECT_DIR": str(ROOT),
-           "MG_DATA_HOST_DIR": os.environ.get("MG_DATA_HOST_DIR", str(settings.data_dir.resolve())),
+           "MG_DATA_HOST_DIR": str(settings.data_host_dir or settings.data_dir.resolve()),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     for pool, (pool_type, template) in WORK_POOLS.items():
         extra = ("--base-job-template", str(template)) if template else ()
         prefect_cli("work-pool", "create", pool, "--type", pool_type, *extra, "--overwrite", env=env)
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
-    built = [name for name, spec in STORES.items() if spec.built]
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        ensure_concurrency_limits(built)
+        ensure_concurrency_limits(list(STORES))
     print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}; "
-          f"concurrency limits: {', '.join(STORES[name].concurrency_limit() for name in built)}")
+          f"concurrency limits: {', '.join(spec.concurrency_limit() for spec in STORES.values())}")
 
 
 if __name__ == "__main__":
-    deploy(Settings())
+    raise SystemExit(run_cli(lambda: deploy(Settings())))

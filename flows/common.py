@@ -3,10 +3,10 @@ checks that can run before any stage, and one error path for every CLI."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import logging
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -19,11 +19,9 @@ from prefect.settings import (
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
     temporary_settings,
 )
-from pydantic import ValidationError
-
 from tasks import services
 from tasks.errors import PipelineError
-from tasks.movielens import RELEASES
+from tasks.ingest.movielens import RELEASES
 from tasks.settings import Settings
 
 
@@ -32,13 +30,21 @@ def load_settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
+def cli_settings(parser: argparse.ArgumentParser, **flags: Any) -> Settings:
+    """A CLI's settings; a bad flag or setting (environment, .env) is a usage error naming the field."""
+    try:
+        return load_settings(**flags)
+    except ValueError as exc:  # pydantic's ValidationError: names the field, never a secret value
+        parser.error(str(exc))
+
+
 def preflight(settings: Settings, source: str | None = None, embed: bool = False) -> None:
     """What can be checked before the first stage starts, so a bad parameter fails in a second,
     not after the stages before the one that needs it."""
     if source is not None and source not in RELEASES and not Path(source).exists():
         raise PipelineError(f"--source {source}: no such file or folder (nor a release name: {', '.join(RELEASES)})")
     if embed:
-        from tasks.models import model_path
+        from tasks.embed.models import model_path
 
         model_path(settings.model, settings.model_dir)  # unknown, or not available offline: says how to fix it
 
@@ -73,17 +79,6 @@ def _quiet_tracebacks() -> None:
             handler.setFormatter(_OneLineErrors(handler.formatter or logging.Formatter()))
 
 
-def run_cli(main: Callable[[], int | None]) -> int:
-    """Every CLI's error path: a PipelineError or a bad setting is one line on stderr and exit 1."""
-    try:
-        return main() or 0
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    except ValidationError as exc:  # settings from the environment or .env: names the field, never the value
-        print(f"error: bad setting: {exc}", file=sys.stderr)
-    return 1
-
-
 @contextmanager
 def prefect_api(settings: Settings) -> Iterator[str]:
     """Use PREFECT_API_URL if set, else the local server when `tasks.services` runs one, else a
@@ -98,40 +93,6 @@ def prefect_api(settings: Settings) -> Iterator[str]:
     with temporary_settings(updates=updates):
         _quiet_tracebacks()
         yield where
-
-
-class StagePeak:
-    """This process's peak resident memory since the last reset, in MB (Linux's VmHWM, reset through
-    /proc/self/clear_refs); None where the system does not tell."""
-
-    def reset(self) -> None:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
-
-    def mb(self) -> int | None:
-        try:
-            status = Path("/proc/self/status").read_text()
-        except OSError:
-            return None
-        return next((int(line.split()[1]) // 1024 for line in status.splitlines() if line.startswith("VmHWM:")), None)
-
-
-def output_rows(folder: Path) -> int:
-    """Rows in the folder's Parquet files and vectors in its embedding files (from their metadata:
-    nothing else is read)."""
-    import h5py
-    import pyarrow.parquet as pq
-
-    rows = 0
-    for f in sorted(folder.glob("*")):
-        if f.suffix == ".parquet":
-            rows += pq.read_metadata(f).num_rows
-        elif f.suffix == ".h5":
-            with h5py.File(f, "r") as h5:
-                rows += len(h5["ids"])
-    return rows
 
 
 RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # what get_run_logger and log_prints write to

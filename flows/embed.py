@@ -11,21 +11,22 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api, preflight, run_cli
+from flows.common import cli_settings, load_settings, prefect_api, preflight
 from tasks.caching import result_storage
-from tasks.embeddings import embed_catalog_task, embed_media_task, user_vectors_task
-from tasks.errors import MissingInput
-from tasks.models import MODELS
+from tasks.embed.tasks import embed_catalog_task, embed_media_task, user_vectors_task
+from tasks.errors import MissingInput, run_cli
+from tasks.embed.models import MODELS
 
 
 @flow(name="embed", log_prints=True)
-def embed_flow(data_dir: str = "data", model: str = "all-MiniLM-L6-v2",
-               device: Literal["auto", "cpu", "cuda"] = "auto", batch_size: int = 256,
+def embed_flow(data_dir: str | None = None, model: str | None = None,
+               device: Literal["auto", "cpu", "cuda"] | None = None, batch_size: int | None = None,
                catalog: bool = True) -> dict[str, str]:
-    """Returns the written HDF5 files by name. Models not in a package are looked up in MG_MODEL_DIR
-    (the settings) before the Hugging Face cache; MG_EMBED_PRECISION=fp32 keeps full precision."""
-    data = Path(data_dir)
-    settings = load_settings()
+    """Returns the written HDF5 files by name. Empty parameters take the settings (environment or
+    .env). Models not in a package are looked up in MG_MODEL_DIR before the Hugging Face cache;
+    MG_EMBED_PRECISION=fp32 keeps full precision."""
+    settings = load_settings(data_dir=data_dir, model=model, device=device, embed_batch_size=batch_size)
+    data, model, device, batch_size = settings.data_dir, settings.model, settings.device, settings.embed_batch_size
     model_dir = str(settings.model_dir) if settings.model_dir else None
     processed, out = data / "processed", data / "embeddings"
     if not (processed / "movies.parquet").exists():
@@ -51,18 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--model", help=f"one of {', '.join(MODELS)}, or a local model folder")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, help="texts per encode call (default 256, MG_EMBED_BATCH_SIZE)")
     parser.add_argument("--no-catalog", action="store_true", help="do not embed the synthetic catalog")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(data_dir=args.data_dir, model=args.model, device=args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = cli_settings(parser, data_dir=args.data_dir, model=args.model, device=args.device,
+                            embed_batch_size=args.batch_size)
 
     def run() -> int:
         preflight(settings, embed=True)
         with prefect_api(settings):
-            written = embed_flow(str(settings.data_dir), settings.model, settings.device, args.batch_size,
+            written = embed_flow(str(settings.data_dir), settings.model, settings.device, settings.embed_batch_size,
                                  not args.no_catalog)
         for name, path in written.items():
             print(f"{name:8} {path}")

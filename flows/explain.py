@@ -10,8 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from flows.common import load_settings, run_cli
-from tasks.explain import as_dicts, connected, explain
+from flows.common import cli_settings
+from tasks.query.explain import as_dicts, connected, explain
+from tasks.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and not 1 <= args.limit <= 100:
         parser.error("--limit must be between 1 and 100")
-    settings = load_settings(data_dir=args.data_dir)
+    settings = cli_settings(parser, data_dir=args.data_dir)
 
     def run() -> int:
         if args.user is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,30 +19,85 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import StagePeak, load_settings, logs_to_data_dir, output_rows, prefect_api, preflight, run_cli
+from flows.common import cli_settings, load_settings, logs_to_data_dir, prefect_api, preflight
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
-from flows.load import StoreName, add_store_flags, print_rows, raise_on_failed, run_loads, skipped_stores, \
-    summary_markdown
+from flows.load import StoreName, add_store_flags, raise_on_failed, run_loads, skipped_stores
+from flows.summary import Summary, text
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
-from tasks.errors import PipelineError
-from tasks.movielens import OnBadRows
-from tasks.movielens_sample import sample_release_task
-from tasks.settings import CatalogSize, RejectFraction
-from tasks.validation import validated
-
-# The folder each stage writes and its validation reads: the rows in the summary.
-STAGE_FOLDERS = {"ingest": "processed", "synthetic": "synthetic", "embed": "embeddings"}
+from tasks.errors import PipelineError, run_cli
+from tasks.ingest.movielens import OnBadRows
+from tasks.ingest.tasks import sample_release_task
+from tasks.settings import CatalogSize, RejectFraction, Settings
+from tasks.validate.tasks import validated
 
 # Work pool -> the embed deployment that runs there (prefect.yaml).
 EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
 
 
-def _stamps(*folders: Path) -> dict[str, int]:
-    """Modification times of the files under the folders: unchanged after a stage = taken from the cache."""
-    return {str(f): f.stat().st_mtime_ns for folder in folders if folder.exists() for f in folder.rglob("*")
-            if f.is_file() and ".prefect-results" not in f.parts}
+@dataclass(frozen=True)
+class Run:
+    """What the stages of one full refresh read: its settings and parameters."""
+    settings: Settings
+    source: str | None
+    on_bad_rows: OnBadRows
+    max_reject_fraction: float
+    embed_on: str | None
+
+    @property
+    def data(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def storage(self) -> str:
+        return result_storage(self.data)
+
+
+def _ingest(run: Run) -> str:
+    source = run.source
+    if source is None:
+        release = run.data / "raw" / "sample-small"
+        get_run_logger().info("No source given: ingesting a generated small MovieLens-format release at %s "
+                              "(pass --source for a real one)", release)
+        source = sample_release_task.with_options(result_storage=run.storage)("small", str(release), run.settings.seed)
+    stats_path = ingest_flow(source=source, data_dir=str(run.data), on_bad_rows=run.on_bad_rows,
+                             max_reject_fraction=run.max_reject_fraction)
+    return ingest_summary(json.loads(Path(stats_path).read_text()), source, Path(stats_path).parent)
+
+
+def _synthetic(run: Run) -> str:
+    size = run.settings.catalog_size
+    written = synthetic_flow(data_dir=str(run.data), catalog_size=size, seed=run.settings.seed)
+    return f"users, platforms, availability, {size:,}-item catalog -> {Path(written['users'][0]).parent}"
+
+
+def _embed(run: Run) -> str:
+    model = run.settings.model
+    if run.embed_on:
+        # The GPU pool's deployment; it reads and writes the same data dir through its volume.
+        from prefect.deployments import run_deployment
+
+        flow_run = run_deployment(EMBED_DEPLOYMENTS[run.embed_on], parameters={"model": model, "device": "cuda"},
+                                  as_subflow=True)
+        if not flow_run.state or not flow_run.state.is_completed():
+            state = flow_run.state.name if flow_run.state else "without a state"
+            raise RuntimeError(f"embedding on {run.embed_on} ended {state}")
+        return f"on the {run.embed_on} work pool (flow run {flow_run.name})"
+    written = embed_flow(data_dir=str(run.data), model=model, device=run.settings.device)
+    return f"{', '.join(sorted(written))} ({model}) -> {Path(written['media']).parent}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    writes: str  # its folder under the data dir: what its validation gate checks
+    run: Callable[[Run], str]  # runs the stage; returns the summary's detail
+
+
+# In order; the validation gate of each runs after it, and the loads (the store registry) after all.
+STAGES = [Stage("ingest", "processed", _ingest), Stage("synthetic", "synthetic", _synthetic),
+          Stage("embed", "embeddings", _embed)]
 
 
 @flow(name="full-refresh", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -80,106 +137,47 @@ def full_flow(
         embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
-    peak = StagePeak()
-    peak.reset()
     if embed_on and embed_on not in EMBED_DEPLOYMENTS:
         raise PipelineError(f"embed_on {embed_on!r}: no embed deployment on that pool; "
                             f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
     preflight(settings, None if skip_ingest else source, embed=not skip_embed and not embed_on)
-    logger = get_run_logger()
-    data = settings.data_dir
-    storage = result_storage(data)
-    rows: list[dict] = []
-
-    def record(stage: str, status: str, detail: str, started: float | None = None, folder: str | None = None) -> None:
-        seconds = round(time.perf_counter() - started, 1) if started else None
-        rows.append({"stage": stage, "status": status, "seconds": seconds, "detail": detail,
-                     "rows": output_rows(data / folder) if folder else None,
-                     "peak_rss_mb": peak.mb() if started else None})
-        peak.reset()
-
-    def ran(before: dict[str, int], *folders: Path) -> str:
-        return "cached" if before and _stamps(*folders) == before else "completed"
+    run = Run(settings, source, on_bad_rows, max_reject_fraction, embed_on)
+    summary = Summary(run.data)
+    skipped = {"ingest": skip_ingest, "synthetic": skip_synthetic, "embed": skip_embed}
+    writes = {stage.name: stage.writes for stage in STAGES}
 
     def gate(stage: str, missing_ok: bool = False) -> None:
         """Validate the stage's datasets; a critical failure stops the flow here, before any load."""
         if skip_validate:
             return
-        started, before = time.perf_counter(), _stamps(data / "reports")
-        report = validated(data, stage, missing_ok, storage)
-        counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
-        status = "passed (cached)" if _stamps(data / "reports") == before else "passed"
-        record(f"validate:{stage}", status, f"suites: {counts['pass']} pass, {counts['warn']} with warnings "
-                                            f"-> {data / 'reports'}", started, STAGE_FOLDERS.get(stage))
+        with summary.stage(f"validate:{stage}", "reports", writes.get(stage), ("passed", "passed (cached)")) as row:
+            report = validated(run.data, stage, missing_ok, run.storage)
+            counts = {status: sum(s["status"] == status for s in report["suites"]) for status in ("pass", "warn")}
+            row["detail"] = f"suites: {counts['pass']} pass, {counts['warn']} with warnings -> {run.data / 'reports'}"
 
-    if skip_ingest:
-        record("ingest", "skipped", "--skip-ingest")
-    else:
-        started, before = time.perf_counter(), _stamps(data / "processed")
-        if source is None:
-            release = data / "raw" / "sample-small"
-            logger.info("No source given: ingesting a generated small MovieLens-format release at %s "
-                        "(pass --source for a real one)", release)
-            source = sample_release_task.with_options(result_storage=storage)(
-                "small", str(release), settings.seed)
-        stats_path = ingest_flow(source=source, data_dir=str(data), on_bad_rows=on_bad_rows,
-                                 max_reject_fraction=max_reject_fraction)
-        stats = json.loads(Path(stats_path).read_text())
-        record("ingest", ran(before, data / "processed"), ingest_summary(stats, source, Path(stats_path).parent),
-               started, STAGE_FOLDERS["ingest"])
-        gate("ingest")
-
-    if skip_synthetic:
-        record("synthetic", "skipped", "--skip-synthetic")
-    else:
-        started, before = time.perf_counter(), _stamps(data / "synthetic")
-        written = synthetic_flow(data_dir=str(data), catalog_size=settings.catalog_size, seed=settings.seed)
-        record("synthetic", ran(before, data / "synthetic"),
-               f"users, platforms, availability, {settings.catalog_size:,}-item catalog "
-               f"-> {Path(written['users'][0]).parent}", started, STAGE_FOLDERS["synthetic"])
-        gate("synthetic")
-
-    if skip_embed:
-        record("embed", "skipped", "--skip-embed")
-    else:
-        started, before = time.perf_counter(), _stamps(data / "embeddings")
-        if embed_on:
-            # The GPU pool's deployment; it reads and writes the same data dir through its volume.
-            from prefect.deployments import run_deployment
-
-            run = run_deployment(EMBED_DEPLOYMENTS[embed_on], parameters={"model": settings.model, "device": "cuda"},
-                                 as_subflow=True)
-            if not run.state or not run.state.is_completed():
-                raise RuntimeError(f"embedding on {embed_on} ended {run.state.name if run.state else 'without a state'}")
-            record("embed", "completed", f"on the {embed_on} work pool (flow run {run.name})", started,
-                   STAGE_FOLDERS["embed"])
-        else:
-            written = embed_flow(data_dir=str(data), model=settings.model, device=settings.device)
-            record("embed", ran(before, data / "embeddings"),
-                   f"{', '.join(sorted(written))} ({settings.model}) -> {Path(written['media']).parent}", started,
-                   STAGE_FOLDERS["embed"])
-        gate("embed")
-
+    for stage in STAGES:
+        if skipped[stage.name]:
+            summary.skipped(stage.name, f"--skip-{stage.name}")
+            continue
+        with summary.stage(stage.name, stage.writes, stage.writes) as row:
+            row["detail"] = stage.run(run)
+        gate(stage.name)
     if skip_validate:
-        record("validate", "skipped", "--skip-validate")
-    # Before any load: the data of skipped stages is validated too, where it exists.
-    for stage, skipped in (("ingest", skip_ingest), ("synthetic", skip_synthetic), ("embed", skip_embed)):
-        if skipped:
-            gate(stage, missing_ok=True)
-    peak.reset()
-    loads = run_loads(data, skip_stores)
-    for row in loads:  # concurrent loads: one peak for all of them
-        row["peak_rss_mb"] = peak.mb() if row["seconds"] is not None else None
-    peak.reset()
-    rows += loads
+        summary.skipped("validate", "--skip-validate")
+    for stage in STAGES:  # before any load, the data of skipped stages is validated too, where it exists
+        if skipped[stage.name]:
+            gate(stage.name, missing_ok=True)
+    loads = run_loads(run.data, skip_stores)
+    summary.concurrent(loads)
+    statuses = {row["status"] for row in loads}
     try:
-        if any(r["status"] in ("loaded", "unchanged") for r in loads) and not any(r["status"] == "failed" for r in loads):
+        if statuses & {"loaded", "unchanged"} and "failed" not in statuses:
             gate("load", missing_ok=True)
     finally:  # the summary of what ran, also when the last gate stops the run
-        create_markdown_artifact(key="full-refresh-summary", markdown=summary_markdown("Full refresh", data, rows),
+        create_markdown_artifact(key="full-refresh-summary", markdown=summary.markdown("Full refresh"),
                                  description="What ran in this full refresh")
-    raise_on_failed(rows)
-    return rows
+    raise_on_failed(summary.rows)
+    return summary.rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,18 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-on", metavar="POOL",
                         help="run the embed stage on a GPU work pool's deployment (e.g. a100-gpu) "
                              "instead of in this process")
-    for stage in ("ingest", "synthetic", "embed", "validate"):
+    for stage in [*(s.name for s in STAGES), "validate"]:
         parser.add_argument(f"--skip-{stage}", action="store_true", help=f"do not run the {stage} stage")
     add_store_flags(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
     # Every check that needs no stage runs before Prefect starts: a bad value is an error here, not mid-run.
-    try:
-        settings = load_settings(data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
-                                 device=args.device)
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = cli_settings(parser, data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
+                            device=args.device)
 
     def run() -> int:
         preflight(settings, None if args.skip_ingest else args.source,
@@ -223,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
                 skip_stores=skipped_stores(args), embed_on=args.embed_on)
         print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
-        print_rows(rows)
+        print(text(rows))
         return 0
 
     return run_cli(run)

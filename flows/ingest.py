@@ -14,19 +14,21 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api, preflight, run_cli
+from flows.common import cli_settings, load_settings, prefect_api, preflight
 from tasks.caching import result_storage
-from tasks.movielens import GROUPLENS_URL, OnBadRows, ingest_task, resolve_source_task
+from tasks.ingest.movielens import GROUPLENS_URL, OnBadRows
+from tasks.ingest.tasks import ingest_task, resolve_source_task
+from tasks.errors import run_cli
 
 
 @flow(name="ingest-movielens", log_prints=True)
-def ingest_flow(source: str, data_dir: str = "data", on_bad_rows: OnBadRows = "reject",
+def ingest_flow(source: str, data_dir: str | None = None, on_bad_rows: OnBadRows = "reject",
                 max_reject_fraction: float = 0.01, base_url: str = GROUPLENS_URL) -> str:
     """Ingest a MovieLens release into DATA_DIR/processed/; returns the path of stats.json."""
-    storage = result_storage(Path(data_dir))
-    release = resolve_source_task(source, str(Path(data_dir) / "raw"), base_url)
-    return ingest_task.with_options(result_storage=storage)(
-        release, str(Path(data_dir) / "processed"), on_bad_rows, max_reject_fraction)
+    data = load_settings(data_dir=data_dir).data_dir
+    release = resolve_source_task(source, str(data / "raw"), base_url)
+    return ingest_task.with_options(result_storage=result_storage(data))(
+        release, str(data / "processed"), on_bad_rows, max_reject_fraction)
 
 
 def ingest_summary(stats: dict, source: str, out: Path) -> str:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
-    settings = load_settings(data_dir=args.data_dir)
+    settings = cli_settings(parser, data_dir=args.data_dir)
 
     def run() -> int:
         preflight(settings, args.source)

@@ -15,16 +15,17 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import load_settings, prefect_api, run_cli
+from flows.common import cli_settings, load_settings, prefect_api
+from flows.summary import Summary, text
 from tasks.caching import result_storage
-from tasks.errors import PipelineError
+from tasks.errors import PipelineError, run_cli
 from tasks.stores import STORES
-from tasks.stores.loading import ensure_concurrency_limits, load_store_task
-from tasks.validation import validated
+from tasks.stores.tasks import ensure_concurrency_limits, load_store_task
+from tasks.validate.tasks import validated
 
 StoreName = Literal[tuple(STORES)]  # type: ignore[valid-type] - the registry's names, for the deployment form
 
@@ -40,21 +41,17 @@ def _detail(result: dict) -> str:
 
 
 def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
-    """In a flow: submit every asked-for, built store's load at once and wait for all; one summary row
-    per store (stage, status, seconds, detail), failures included."""
+    """In a flow: submit every asked-for store's load at once and wait for all; one summary row per
+    store (stage, status, seconds, detail), failures included."""
     skip = set(skip or [])
-    logger = get_run_logger()
     rows, futures = [], {}
-    wanted = [name for name, spec in STORES.items() if name not in skip and spec.built]
+    wanted = [name for name in STORES if name not in skip]
     if wanted:
         ensure_concurrency_limits(wanted)
     started = time.perf_counter()
-    for name, spec in STORES.items():
+    for name in STORES:
         if name in skip:
             rows.append({"stage": name, "status": "skipped", "seconds": None, "detail": "by flag"})
-        elif not spec.built:
-            logger.warning("Store %r is not built yet: %s. Nothing was loaded into it.", name, spec.issue)
-            rows.append({"stage": name, "status": "not built yet", "seconds": None, "detail": spec.issue})
         else:
             futures[name] = load_store_task.submit(str(data_dir), name)
     for name, future in futures.items():
@@ -73,19 +70,6 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: order.index(r["stage"]))
 
 
-def _figure(row: dict, key: str) -> str:
-    value = row.get(key)
-    return "" if value is None else f"{value:,}"
-
-
-def summary_markdown(title: str, data_dir: Path, rows: list[dict]) -> str:
-    """The summary table of a run (the UI's artifact); rows and peak RSS where the flow measured them."""
-    table = "\n".join(f"| {r['stage']} | {r['status']} | {_figure(r, 'seconds')} | {_figure(r, 'rows')} "
-                      f"| {_figure(r, 'peak_rss_mb')} | {r['detail']} |" for r in rows)
-    return (f"# {title}\n\nData dir: `{data_dir}`\n\n| stage | status | s | rows | peak RSS MB | detail |\n"
-            f"|---|---|---|---|---|---|\n{table}\n")
-
-
 def raise_on_failed(rows: list[dict]) -> None:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
@@ -93,38 +77,31 @@ def raise_on_failed(rows: list[dict]) -> None:
 
 
 @flow(name="load", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=len(STORES)))
-def load_flow(data_dir: str = "data", skip_stores: list[StoreName] | None = None) -> list[dict]:
+def load_flow(data_dir: str | None = None, skip_stores: list[StoreName] | None = None) -> list[dict]:
     """Load every store from the data dir at once; returns one summary row per store.
 
     Args:
         data_dir: root of the pipeline's files (processed/, synthetic/, embeddings/).
         skip_stores: stores not to load.
     """
-    data = Path(data_dir)
-    rows = run_loads(data, skip_stores)
-    create_markdown_artifact(key="load-summary", markdown=summary_markdown("Loads", data, rows),
+    data = load_settings(data_dir=data_dir).data_dir
+    summary = Summary(data)
+    summary.concurrent(run_loads(data, skip_stores))
+    create_markdown_artifact(key="load-summary", markdown=summary.markdown("Loads"),
                              description="What each store's load did")
-    raise_on_failed(rows)
+    raise_on_failed(summary.rows)
     validated(data, "load", True, result_storage(data))
-    return rows
+    return summary.rows
 
 
 def add_store_flags(parser: argparse.ArgumentParser) -> None:
     for spec in STORES.values():
         parser.add_argument(spec.flag, action="store_true",
-                            help=f"do not load {spec.name}: {spec.loads}" + ("" if spec.built else " (not built yet)"))
+                            help=f"do not load {spec.name}: {spec.loads}")
 
 
 def skipped_stores(args: argparse.Namespace) -> list[str]:
     return [name for name, spec in STORES.items() if getattr(args, spec.parameter)]
-
-
-def print_rows(rows: list[dict]) -> None:
-    for row in rows:
-        seconds = f"{row['seconds']:>6.1f} s" if row["seconds"] is not None else " " * 8
-        count = f"{row['rows']:>12,}" if row.get("rows") is not None else " " * 12
-        peak = f"{row['peak_rss_mb']:>6,} MB" if row.get("peak_rss_mb") is not None else " " * 9
-        print(f"  {row['stage']:18} {row['status']:15} {seconds} {count} {peak}  {row['detail']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="root of all pipeline files (default: data, or MG_DATA_DIR)")
     add_store_flags(parser)
     args = parser.parse_args(argv)
-    settings = load_settings(data_dir=args.data_dir)
+    settings = cli_settings(parser, data_dir=args.data_dir)
 
     def run() -> int:
         with prefect_api(settings):
             rows = load_flow(str(settings.data_dir), skipped_stores(args))
-        print_rows(rows)
+        print(text(rows))
         return 0
 
     return run_cli(run)

@@ -9,7 +9,8 @@ import argparse
 import time
 from pathlib import Path
 
-from tasks.movielens_sample import SCALES, generate
+from tasks.errors import run_cli
+from tasks.ingest.sample import SCALES, generate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,11 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="release folder to write (replaced)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    out = generate(args.scale, args.out, seed=args.seed)
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.csv")))
-    print(f"wrote {out} ({args.scale} scale, seed {args.seed}) in {time.perf_counter() - started:.1f} s: {sizes}")
-    return 0
+
+    def run() -> int:
+        started = time.perf_counter()
+        out = generate(args.scale, args.out, seed=args.seed)
+        sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in sorted(out.glob("*.csv")))
+        print(f"wrote {out} ({args.scale} scale, seed {args.seed}) in {time.perf_counter() - started:.1f} s: {sizes}")
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from flows.common import load_settings, run_cli
-from tasks.search import SEARCHABLE, search
+from flows.common import cli_settings
+from tasks.query.search import SEARCHABLE, search
+from tasks.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a query text or --like ITEM")
     if not 1 <= args.k <= 1000:
         parser.error("-k must be between 1 and 1000")
-    settings = load_settings(data_dir=args.data_dir)
+    settings = cli_settings(parser, data_dir=args.data_dir)
 
     def run() -> int:
         hits = search(settings, args.text, args.like, args.store, type=args.type, genre=args.genre,

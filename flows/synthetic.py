@@ -12,17 +12,20 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api, run_cli
+from flows.common import cli_settings, load_settings, prefect_api
 from tasks.caching import result_storage
-from tasks.errors import MissingInput
-from tasks.synthetic import CATALOG_TEMPLATE, availability_task, catalog_task, users_task
+from tasks.errors import MissingInput, run_cli
+from tasks.settings import CatalogSize
+from tasks.synthetic.datasets import CATALOG_TEMPLATE
+from tasks.synthetic.tasks import availability_task, catalog_task, users_task
 
 
 @flow(name="synthetic-data", log_prints=True)
-def synthetic_flow(data_dir: str = "data", catalog_size: int = 10_000, seed: int = 42,
+def synthetic_flow(data_dir: str | None = None, catalog_size: CatalogSize | None = None, seed: int | None = None,
                    exports: list[str] | None = None, catalog_template: str | None = None) -> dict[str, list[str]]:
-    """Returns the written files by dataset."""
-    data = Path(data_dir)
+    """Returns the written files by dataset. Empty parameters take the settings (environment or .env)."""
+    settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, seed=seed)
+    data, catalog_size, seed = settings.data_dir, settings.catalog_size, settings.seed
     processed, out = data / "processed", data / "synthetic"
     for needed in ("ratings.parquet", "movies.parquet"):
         if not (processed / needed).exists():
@@ -43,12 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--catalog-size", type=int)
     parser.add_argument("--export", default="", help="comma-separated extra formats beside the Parquet: jsonl,csv")
-    parser.add_argument("--template", help="catalog schema template (default: tasks/schemas/media_catalog.yaml)")
+    parser.add_argument("--template", help="catalog schema template (default: tasks/synthetic/schemas/media_catalog.yaml)")
     args = parser.parse_args(argv)
-    try:
-        settings = load_settings(data_dir=args.data_dir, catalog_size=args.catalog_size)
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = cli_settings(parser, data_dir=args.data_dir, catalog_size=args.catalog_size)
     exports = [f for f in args.export.split(",") if f]
     unknown = set(exports) - {"jsonl", "csv"}
     if unknown:

@@ -17,21 +17,24 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.common import load_settings, prefect_api, run_cli
+from flows.common import cli_settings, load_settings, prefect_api
 from tasks.caching import result_storage
 from tasks.stores.loading import recheck_stores
-from tasks.validation import STAGE_DATASETS, report_name, validated
+from tasks.validate.suites import STAGE_DATASETS, report_name
+from tasks.validate.tasks import validated
+from tasks.errors import run_cli
 
 
 @flow(name="validate", log_prints=True)
-def validate_flow(data_dir: str = "data", stage: str | None = None) -> str:
+def validate_flow(data_dir: str | None = None, stage: str | None = None) -> str:
     """Validate one stage's datasets (each required), or without a stage every dataset present;
     returns the report's path."""
+    data = load_settings(data_dir=data_dir).data_dir
     if stage == "load":
-        recheck_stores(Path(data_dir))
+        recheck_stores(data)
     # The load stage's suites cover the stores that were loaded; the others are absent, not failures.
-    validated(Path(data_dir), stage, stage in (None, "load"), result_storage(Path(data_dir)))
-    return str(Path(data_dir) / "reports" / report_name(stage))
+    validated(data, stage, stage in (None, "load"), result_storage(data))
+    return str(data / "reports" / report_name(stage))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--stage", choices=list(STAGE_DATASETS), help="only the suites of this stage's datasets")
     args = parser.parse_args(argv)
-    settings = load_settings(data_dir=args.data_dir)
+    settings = cli_settings(parser, data_dir=args.data_dir)
 
     def run() -> int:
         with prefect_api(settings):

@@ -1,8 +1,13 @@
-"""The pipeline's one error base: bad input, a bad setting or a store that stays down.
+"""The pipeline's one error base and the one error path of every CLI.
 
-Its message already names the file, row, field, setting or store, so the CLIs print it as one line
-and the terminal log shows it without a traceback (the Prefect UI keeps the full one).
+A PipelineError's message already names the file, row, field, setting or store, so a CLI prints it
+as one line and the terminal log shows it without a traceback (the Prefect UI keeps the full one).
 """
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class PipelineError(Exception):
@@ -11,3 +16,16 @@ class PipelineError(Exception):
 
 class MissingInput(PipelineError, FileNotFoundError):
     """A stage's input is absent: the message names it and the stage that makes it."""
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Every CLI's error path: a PipelineError or a bad setting is one line on stderr and exit 1."""
+    from pydantic import ValidationError
+
+    try:
+        return main() or 0
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # settings from the environment or .env: names the field, never the value
+        print(f"error: bad setting: {exc}", file=sys.stderr)
+    return 1

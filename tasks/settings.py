@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_HOST = "127.0.0.1"
-LOCAL_GRAPH_DATABASE = "kg"  # the database the local graph server creates and serves
+LOCAL_NEO4J_DATABASE = "kg"  # the database the local graph server creates and serves
 NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
 
 
@@ -28,9 +28,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MG_", env_file=".env", env_file_encoding="utf-8", extra="ignore",
         hide_input_in_errors=True,  # a rejected URL may carry a password
+        populate_by_name=True,  # prefect_api_url by its name in code, by Prefect's variable in the environment
     )
 
     data_dir: Path = Field(Path("data"), description="Root of raw, processed, synthetic and embedding files.")
+    data_host_dir: Path | None = Field(None, description="The data dir as the GPU pool's docker host mounts it "
+                                                         "(default: data_dir, resolved).")
     services_dir: Path = Field(Path(".services"), description="State and logs of the local servers.")
     seed: int = 42
     catalog_size: CatalogSize = Field(10_000, description="Items in the synthetic media catalog (at least 1).")
@@ -38,6 +41,7 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Folder holding models by name (MODEL_DIR/bge-base-en-v1.5), "
                                                      "read before the Hugging Face cache.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    embed_batch_size: int = Field(256, ge=1, le=65_536, description="Texts per encode call.")
     embed_precision: Literal["auto", "fp32"] = Field(
         "auto", description="auto: fp16 on a GPU, bf16 on a CPU that has it natively (AMX/AVX512-BF16), else fp32.")
 
@@ -57,10 +61,13 @@ class Settings(BaseSettings):
     # Local servers (loopback only).
     local_password: SecretStr = SecretStr("mediagw-local")
     postgres_port: int = Field(55432, ge=1, le=65535)
-    bolt_port: int = Field(57687, ge=1, le=65535)
-    graph_http_port: int = Field(52480, ge=1, le=65535)
+    neo4j_bolt_port: int = Field(57687, ge=1, le=65535)
+    neo4j_http_port: int = Field(52480, ge=1, le=65535)
     prefect_port: int = Field(4200, ge=1, le=65535)
-    graph_heap: str = "2g"
+    # Prefect's own variable: when set, flows and the deploy script talk to that server, and no local
+    # Prefect server is wanted.
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+    neo4j_heap: str = "2g"
 
     @classmethod
     def settings_customise_sources(
@@ -77,7 +84,7 @@ class Settings(BaseSettings):
     @field_validator("model")
     @classmethod
     def _check_model(cls, value: str) -> str:
-        from tasks.models import MODELS
+        from tasks.embed.models import MODELS
 
         if value not in MODELS and not Path(value).is_dir():
             raise ValueError(f"model {value!r} is unknown; use one of {', '.join(MODELS)}, or a local model folder")
@@ -119,7 +126,7 @@ class Settings(BaseSettings):
         return self.postgres_url is None
 
     @property
-    def local_graph(self) -> bool:
+    def local_neo4j(self) -> bool:
         return self.neo4j_url is None
 
     def postgres_dsn(self) -> str:
@@ -134,8 +141,8 @@ class Settings(BaseSettings):
         if self.neo4j_url is not None:
             password = self.neo4j_password.get_secret_value() if self.neo4j_password else ""
             return self.neo4j_url, (self.neo4j_user, password), self.neo4j_database
-        return f"bolt://{LOCAL_HOST}:{self.bolt_port}", ("root", self.local_password.get_secret_value()), \
-            LOCAL_GRAPH_DATABASE
+        return f"bolt://{LOCAL_HOST}:{self.neo4j_bolt_port}", ("root", self.local_password.get_secret_value()), \
+            LOCAL_NEO4J_DATABASE
 
     def milvus_target(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")
@@ -144,7 +151,7 @@ class Settings(BaseSettings):
         return self.agentdb_dir or self.data_dir / "agentdb" / "shards"
 
     @property
-    def prefect_api_url(self) -> str:
+    def local_prefect_url(self) -> str:
         return f"http://{LOCAL_HOST}:{self.prefect_port}/api"
 
     @property

@@ -36,7 +36,7 @@ def world_readable_tmpdir(prefix: str) -> Path:
 def make_settings(base: Path, **overrides) -> Settings:
     values = dict(
         _env_file=None, services_dir=base / "services", data_dir=base / "data", postgres_port=free_port(),
-        bolt_port=free_port(), graph_http_port=free_port(), prefect_port=free_port(), graph_heap="1g",
+        neo4j_bolt_port=free_port(), neo4j_http_port=free_port(), prefect_port=free_port(), neo4j_heap="1g",
     )
     values.update(overrides)
     return Settings(**values)
@@ -64,7 +64,7 @@ def prefect_server(running_services: Settings, monkeypatch: pytest.MonkeyPatch) 
     """The session's real Prefect server, for this test's client, flows and subprocesses."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    url = running_services.prefect_api_url
+    url = running_services.local_prefect_url
     monkeypatch.setenv("PREFECT_API_URL", url)
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
@@ -78,7 +78,7 @@ def small_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated small MovieLens-format release, made once and copied per test."""
     cache = tmp_path_factory.getbasetemp() / "small-release"
     if not cache.exists():
-        from tasks.movielens_sample import generate
+        from tasks.ingest.sample import generate
 
         generate("small", cache, seed=7)
     copy = tmp_path_factory.mktemp("release") / "ml-small"
@@ -91,9 +91,9 @@ def store_env(running_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Se
     """The environment a user sets to reach their stores, pointing at the session's servers: flows
     and store tasks read the store settings from it."""
     monkeypatch.setenv("MG_POSTGRES_PORT", str(running_services.postgres_port))
-    monkeypatch.setenv("MG_BOLT_PORT", str(running_services.bolt_port))
-    monkeypatch.setenv("MG_GRAPH_HTTP_PORT", str(running_services.graph_http_port))  # the graph's bulk path restarts it
-    monkeypatch.setenv("MG_GRAPH_HEAP", running_services.graph_heap)
+    monkeypatch.setenv("MG_NEO4J_BOLT_PORT", str(running_services.neo4j_bolt_port))
+    monkeypatch.setenv("MG_NEO4J_HTTP_PORT", str(running_services.neo4j_http_port))  # the graph's bulk path restarts it
+    monkeypatch.setenv("MG_NEO4J_HEAP", running_services.neo4j_heap)
     monkeypatch.setenv("MG_SERVICES_DIR", str(running_services.services_dir))
     return running_services
 
@@ -106,7 +106,7 @@ def pipeline_data(running_services: Settings, tmp_path_factory: pytest.TempPathF
     import sys
 
     data = tmp_path_factory.mktemp("pipeline") / "data"
-    env = {**os.environ, "PREFECT_API_URL": running_services.prefect_api_url,
+    env = {**os.environ, "PREFECT_API_URL": running_services.local_prefect_url,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     subprocess.run([sys.executable, "-m", "flows.full", "--data-dir", str(data), "--catalog-size", "300",
                     "--skip-validate", *(f"--no-{name}" for name in STORE_NAMES)],

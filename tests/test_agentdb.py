@@ -12,12 +12,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks import episodes as rl
+from tasks.stores import episodes as rl
 from tasks.settings import Settings
 from tasks.stores import agentdb
 from tasks.stores.loading import check_store, load_store
 from tasks.stores.sources import StaleInputs
-from tasks.synthetic import ARCHETYPE_NAMES
+from tasks.synthetic.datasets import ARCHETYPE_NAMES
 from tests.agentdb import reader
 
 DAY = 86_400
@@ -39,7 +39,7 @@ def write_inputs(folder: Path, ratings: list[tuple[int, int, float, int]], arche
 
 
 def oracle(ratings: list[tuple[int, int, float, int]], gammas: dict[int, float]) -> list[dict]:
-    """The episodes by the definitions in tasks/episodes.py, in plain Python."""
+    """The episodes by the definitions in tasks/stores/episodes.py, in plain Python."""
     rows = []
     for user in sorted({r[0] for r in ratings}):
         history = sorted((r for r in ratings if r[0] == user), key=lambda r: (r[3], r[1]))[-rl.STEP_CAP:]

@@ -14,9 +14,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks import embeddings
-from tasks.embeddings import encode_to_h5, movie_texts, quality, read_h5, user_vectors
-from tasks.models import EmbeddingError, encode, load_model, model_path, native_bf16_cpu
+from tasks.embed import embeddings
+from tasks.embed.embeddings import encode_to_h5, movie_texts, quality, read_h5, user_vectors
+from tasks.embed.models import EmbeddingError, encode, load_model, model_path, native_bf16_cpu
 
 TEXTS = [f"A {adj} film about {topic} and {thing}." for adj, topic, thing in zip(
     ["quiet", "loud", "slow", "tender", "grim", "funny", "bright", "dark", "strange", "gentle"] * 3,
@@ -64,8 +64,15 @@ def test_half_precision_on_the_cpu_stays_close_to_fp32(model):
 def test_resume_after_interruption_matches_a_full_run(model, tmp_path, monkeypatch):
     monkeypatch.setattr(embeddings, "CHUNK_ROWS", 8)
     encode_to_h5(frame(), tmp_path / "full.h5", model, "all-MiniLM-L6-v2")
+    reported: list[int] = []
+
+    def killed_in_the_third_chunk(done: int, total: int) -> None:  # progress is reported before a chunk is written
+        reported.append(done)
+        if len(reported) == 3:
+            raise KeyboardInterrupt("killed mid-run")
+
     with pytest.raises(KeyboardInterrupt):
-        encode_to_h5(frame(), tmp_path / "cut.h5", model, "all-MiniLM-L6-v2", stop_after_chunks=2)
+        encode_to_h5(frame(), tmp_path / "cut.h5", model, "all-MiniLM-L6-v2", progress=killed_in_the_third_chunk)
     assert (tmp_path / "cut.h5.partial").exists() and not (tmp_path / "cut.h5").exists()
     counts = encode_to_h5(frame(), tmp_path / "cut.h5", model, "all-MiniLM-L6-v2")
     assert counts["resumed"] == 16 and counts["encoded"] == len(TEXTS) - 16
@@ -215,11 +222,14 @@ def test_quality_metrics(model, tmp_path):
     assert metrics["nan"] == metrics["inf"] == 0 and metrics["dim"] == 384
     assert metrics["norm_min"] > 0.999 and metrics["unique_ratio"] == 1.0
     assert metrics["near_duplicate_similarity"] > metrics["random_pair_similarity"] + 0.1
+    repeated = pl.DataFrame({"id": [f"x{i}" for i in range(40)], "text": ["The same text."] * 20 + TEXTS[:20]})
+    encode_to_h5(repeated, tmp_path / "repeated.h5", model, "all-MiniLM-L6-v2")
+    assert quality(tmp_path / "repeated.h5")["unique_ratio"] == pytest.approx(21 / 40)
 
 
 def test_auto_precision_is_fp32_on_avx2_code_paths():
     """Torch held to AVX2 (as on a CPU without AVX512/AMX) emulates bf16, slower than fp32: auto picks fp32."""
-    script = ("import torch; from tasks.models import load_model, native_bf16_cpu; "
+    script = ("import torch; from tasks.embed.models import load_model, native_bf16_cpu; "
               "m = load_model('all-MiniLM-L6-v2', 'cpu'); print(native_bf16_cpu(), next(m.parameters()).dtype)")
     held = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                           env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
@@ -245,7 +255,7 @@ def test_model_dir_setting_is_where_models_are_found(tmp_path, monkeypatch):
 
 
 def test_movie_texts_read_article_last_titles_naturally(tmp_path):
-    from tasks.movielens import ingest_release
+    from tasks.ingest.movielens import ingest_release
     from tests.test_ingest import write_release
 
     ingest_release(write_release(tmp_path / "rel"), tmp_path / "processed")
@@ -257,7 +267,7 @@ def test_movie_texts_read_article_last_titles_naturally(tmp_path):
 
 def test_embed_flow(prefect_server, tmp_path, monkeypatch, caplog):
     from flows.embed import embed_flow
-    from tasks.movielens import ingest_release
+    from tasks.ingest.movielens import ingest_release
     from tests.test_ingest import write_release
 
     data = tmp_path / "data"

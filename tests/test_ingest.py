@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.movielens import IngestError, fetch_release, ingest_release, resolve_source
+from tasks.ingest.movielens import IngestError, fetch_release, ingest_release, resolve_source
 
 MOVIES = '''movieId,title,genres
 1,Toy Story (1995),Adventure|Animation|Children|Comedy|Fantasy
@@ -391,7 +391,7 @@ def test_a_known_release_is_compared_with_the_published_counts(tmp_path):
 
 
 def test_a_known_release_with_the_published_counts_matches(tmp_path, monkeypatch):
-    from tasks import movielens
+    from tasks.ingest import movielens
 
     release = write_release(tmp_path / "ml-20m")
     monkeypatch.setitem(movielens.PUBLISHED_ROWS, "ml-20m", [{"movies": 8, "links": 8, "ratings": 4, "tags": 2}])

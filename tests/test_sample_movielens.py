@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.movielens_sample import GENRES, NO_GENRES, RATING_SHARES, SCALES, _unique_pairs, _user_activity, generate
+from tasks.ingest.sample import GENRES, NO_GENRES, RATING_SHARES, SCALES, _unique_pairs, _user_activity, generate
 from tests.conftest import ROOT
 
 HEADERS = {
@@ -88,7 +88,7 @@ def test_generation_replaces_a_release_atomically(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tasks.movielens_sample._tags", boom)
+    monkeypatch.setattr("tasks.ingest.sample._tags", boom)
     with pytest.raises(RuntimeError):
         generate("small", out, seed=2)
     assert (out / "ratings.csv").read_bytes() == before

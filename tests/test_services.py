@@ -12,6 +12,8 @@ from neo4j import GraphDatabase
 from pymilvus import MilvusClient
 
 from tasks import services
+from tasks.services.base import port_open
+from tasks.services.supervise import _recorded_process
 from tests.conftest import make_settings, world_readable_tmpdir
 
 
@@ -25,12 +27,12 @@ def fresh():
 
 
 def test_start_query_restart_noop_stop(fresh):
-    assert services.status(fresh) == {"postgres": "stopped", "graph": "stopped", "prefect": "stopped"}
+    assert services.status(fresh) == {"postgres": "stopped", "neo4j": "stopped", "prefect": "stopped"}
     assert services.start(fresh, list(services.SERVICES)) == {
-        "postgres": "started", "graph": "started", "prefect": "started"}
-    pids = {name: services._recorded_process(fresh, name).pid for name in services.SERVICES}
+        "postgres": "started", "neo4j": "started", "prefect": "started"}
+    pids = {name: _recorded_process(fresh, name).pid for name in services.SERVICES}
     # Servers write only under the services folder, never into the working directory.
-    assert not (Path.cwd() / "log").exists() and (fresh.services_dir / "graph" / "log").is_dir()
+    assert not (Path.cwd() / "log").exists() and (fresh.services_dir / "neo4j" / "log").is_dir()
 
     # PostgreSQL with pgvector: a vector round trip and a distance.
     with psycopg.connect(fresh.postgres_dsn()) as conn:
@@ -54,17 +56,17 @@ def test_start_query_restart_noop_stop(fresh):
     # Prefect: the health endpoint and a real API read.
     import httpx
 
-    assert httpx.get(f"{fresh.prefect_api_url}/health", timeout=5).json() is True
-    assert httpx.post(f"{fresh.prefect_api_url}/flows/filter", json={}, timeout=5).status_code == 200
+    assert httpx.get(f"{fresh.local_prefect_url}/health", timeout=5).json() is True
+    assert httpx.post(f"{fresh.local_prefect_url}/flows/filter", json={}, timeout=5).status_code == 200
 
     # Starting again is a no-op that keeps the same processes.
     assert set(services.start(fresh, list(services.SERVICES)).values()) == {"running"}
-    assert {name: services._recorded_process(fresh, name).pid for name in services.SERVICES} == pids
+    assert {name: _recorded_process(fresh, name).pid for name in services.SERVICES} == pids
 
     assert set(services.stop(fresh).values()) == {"stopped"}
-    assert services.status(fresh) == {"postgres": "stopped", "graph": "stopped", "prefect": "stopped"}
-    for port in (fresh.postgres_port, fresh.bolt_port, fresh.prefect_port):
-        assert not services._port_open(port)
+    assert services.status(fresh) == {"postgres": "stopped", "neo4j": "stopped", "prefect": "stopped"}
+    for port in (fresh.postgres_port, fresh.neo4j_bolt_port, fresh.prefect_port):
+        assert not port_open(port)
 
 
 def test_postgres_data_survives_restart(fresh):
@@ -85,18 +87,18 @@ def test_stop_ignores_a_reused_pid(fresh, tmp_path):
     import os
 
     fresh.services_dir.mkdir(parents=True, exist_ok=True)
-    (fresh.services_dir / "graph.json").write_text(json.dumps({"pid": os.getpid(), "create_time": 1.0}))
-    assert services.stop(fresh, ["graph"]) == {"graph": "stopped"}
-    assert not (fresh.services_dir / "graph.json").exists()
+    (fresh.services_dir / "neo4j.json").write_text(json.dumps({"pid": os.getpid(), "create_time": 1.0}))
+    assert services.stop(fresh, ["neo4j"]) == {"neo4j": "stopped"}
+    assert not (fresh.services_dir / "neo4j.json").exists()
 
 
 def test_external_store_gets_no_local_server(monkeypatch):
-    settings = make_settings(world_readable_tmpdir("mg-ext-"),
-                             postgres_url="postgresql://u:p@db.example:5432/x", neo4j_url="bolt://graph.example:7687")
+    base = world_readable_tmpdir("mg-ext-")
+    external = dict(postgres_url="postgresql://u:p@db.example:5432/x", neo4j_url="bolt://graph.example:7687")
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example/api")
-    assert services.wanted(settings) == []
+    assert services.wanted(make_settings(base, **external)) == []
     monkeypatch.delenv("PREFECT_API_URL")
-    assert services.wanted(settings) == ["prefect"]
+    assert services.wanted(make_settings(base, **external)) == ["prefect"]
 
 
 def test_milvus_lite_insert_and_search(tmp_path):

@@ -21,9 +21,9 @@ def in_tmp(tmp_path, monkeypatch):
 def test_defaults_are_local():
     settings = Settings()
     assert settings.data_dir == Path("data")
-    assert settings.local_postgres and settings.local_graph
+    assert settings.local_postgres and settings.local_neo4j
     assert settings.postgres_dsn().startswith("postgresql://mediagw:")
-    assert settings.neo4j_target()[0] == f"bolt://127.0.0.1:{settings.bolt_port}"
+    assert settings.neo4j_target()[0] == f"bolt://127.0.0.1:{settings.neo4j_bolt_port}"
     assert settings.milvus_target() == str(Path("data") / "milvus.db")
 
 
@@ -42,7 +42,7 @@ def test_external_urls_switch_off_local_servers(monkeypatch):
     monkeypatch.setenv("MG_POSTGRES_URL", "postgresql://app:s3cret@db.internal:5432/media")
     monkeypatch.setenv("MG_NEO4J_URL", "neo4j+s://graph.internal:7687")
     settings = Settings()
-    assert not settings.local_postgres and not settings.local_graph
+    assert not settings.local_postgres and not settings.local_neo4j
     assert settings.postgres_dsn() == "postgresql://app:s3cret@db.internal:5432/media"
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings.model_dump())
 

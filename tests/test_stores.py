@@ -20,7 +20,7 @@ from pgvector.psycopg import register_vector
 from pymilvus.client import connection_manager
 
 from flows.search import main as search_main
-from tasks.search import SEARCHABLE
+from tasks.query.search import SEARCHABLE
 from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Query, Store
@@ -65,11 +65,9 @@ def test_registry_names_each_store_once_with_its_module():
     assert list(STORES) == ["milvus", "postgres", "neo4j", "agentdb"]
     for spec in STORES.values():
         assert spec.flag == f"--no-{spec.name}"
-        if spec.built:
-            module = spec.implementation()
-            assert callable(module.open_store) and module.TABLES and module.INPUTS
-        else:
-            assert spec.issue
+        module = spec.implementation()
+        assert module.__name__ == f"tasks.stores.{spec.name}"
+        assert callable(module.open_store) and module.TABLES and module.INPUTS
 
 
 def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):

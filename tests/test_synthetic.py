@@ -9,8 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.synthetic import ARCHETYPES, CATALOG_TEMPLATE, COUNTRIES, PLATFORMS, availability, profiles, rating_summary
-from tasks.templates import TemplateError, generate_chunk, load_template, parse_template, write_dataset
+from tasks.synthetic.datasets import ARCHETYPES, CATALOG_TEMPLATE, COUNTRIES, PLATFORMS, availability, profiles, rating_summary
+from tasks.synthetic.templates import TemplateError, generate_chunk, load_template, parse_template, write_dataset
 
 ML_25M_USERS = np.arange(1, 162_542)
 
@@ -49,7 +49,7 @@ def test_profiles_are_the_same_in_processes_with_other_hash_seeds(tmp_path):
     import subprocess
     import sys
 
-    script = ("import sys, numpy as np; from tasks.synthetic import profiles; "
+    script = ("import sys, numpy as np; from tasks.synthetic.datasets import profiles; "
               "profiles(np.arange(1, 20_001), seed=7).write_parquet(sys.argv[1])")
     frames = []
     for hash_seed in ("1", "2"):

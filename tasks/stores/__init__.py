@@ -1,9 +1,9 @@
 """The stores the pipeline loads: ONE registry, read by the flows, the CLIs, the deploy script and
-the tests. A store's name is written here once.
+the tests. A store's name is written here once, and it is the name of its module in tasks/stores/.
 
-Each entry names its module in tasks/stores/; the module provides `open_store(settings)` (a
-`tasks.stores.base.Store`), `TABLES` (table or collection -> where its source ids are) and `INPUTS`
-(the data-dir files it loads: their digests decide whether a load can be skipped).
+Each module provides `open_store(settings)` (a `tasks.stores.base.Store`), `TABLES` (table or
+collection -> where its source ids are) and `INPUTS` (the data-dir files it loads: their digests
+decide whether a load can be skipped).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from tasks.stores.base import Store
 @dataclass(frozen=True)
 class StoreSpec:
     name: str
-    module: str | None  # None: not built yet (`issue` says which issue builds it)
     loads: str  # what it holds, for help texts and the UI
-    issue: str = ""
     searches: bool = False  # answers vector searches (python -m flows.search --store NAME)
 
     @property
@@ -32,12 +30,8 @@ class StoreSpec:
     def parameter(self) -> str:
         return f"no_{self.name}"
 
-    @property
-    def built(self) -> bool:
-        return self.module is not None
-
     def implementation(self) -> ModuleType:
-        return importlib.import_module(f"tasks.stores.{self.module}")
+        return importlib.import_module(f"tasks.stores.{self.name}")
 
     def open(self, settings: Settings) -> Store:
         return self.implementation().open_store(settings)
@@ -47,9 +41,9 @@ class StoreSpec:
 
 
 STORES: dict[str, StoreSpec] = {s.name: s for s in [
-    StoreSpec("milvus", "milvus", "movie, catalog and user vectors with their filter fields (Milvus)", searches=True),
-    StoreSpec("postgres", "postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
+    StoreSpec("milvus", "movie, catalog and user vectors with their filter fields (Milvus)", searches=True),
+    StoreSpec("postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
               searches=True),
-    StoreSpec("neo4j", "graph", "the knowledge graph: media, users, genres, tags, platforms (Neo4j or the local Bolt server)"),
-    StoreSpec("agentdb", "agentdb", "RL episodes, policies, replay buffers and user state embeddings (AgentDB shards)"),
+    StoreSpec("neo4j", "the knowledge graph: media, users, genres, tags, platforms (Neo4j or the local Bolt server)"),
+    StoreSpec("agentdb", "RL episodes, policies, replay buffers and user state embeddings (AgentDB shards)"),
 ]}

@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 from adbc_driver_sqlite import dbapi as sqlite_dbapi
 
-from tasks import episodes as rl
+from tasks.stores import episodes as rl
 from tasks.caching import file_digest
 from tasks.errors import PipelineError
 from tasks.files import ZSTD, atomic_output
@@ -412,7 +412,7 @@ class AgentDBStore:
         return json.loads(path.read_text()) if path.exists() else {"shards": {}}
 
     def _build_datasets(self, data: Path, log: Log) -> None:
-        """Episodes, sessions and buffers as Parquet under DATA_DIR/agentdb/ (tasks.episodes)."""
+        """Episodes, sessions and buffers as Parquet under DATA_DIR/agentdb/ (tasks.stores.episodes)."""
         ratings, users = data / rl.RATINGS, data / rl.USERS
         check_parquet(ratings, rl.RATING_COLUMNS)
         check_parquet(users, rl.USER_COLUMNS)

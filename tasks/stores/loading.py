@@ -1,4 +1,4 @@
-"""The load stage: each store loaded, checked and reconciled with the source ids, as a Prefect task.
+"""The load stage: each store loaded, checked and reconciled with the source ids.
 
 Per store, under DATA_DIR/stores/:
 - <store>.state.json: the digest of its inputs and its counts after the last successful load. A load
@@ -16,10 +16,8 @@ from itertools import islice
 from pathlib import Path
 
 import polars as pl
-from prefect import get_run_logger, task
-from prefect.concurrency.sync import concurrency
 
-from tasks.caching import retry_transient, stage_key
+from tasks.caching import stage_key
 from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.settings import Settings
@@ -30,8 +28,7 @@ from tasks.stores.base import Log, Store
 # import (logging.config.dictConfig flushes every handler under logging's lock), which deadlocks with
 # Prefect's API log handler when it happens inside a task while another task logs.
 for _spec in STORES.values():
-    if _spec.built:
-        _spec.implementation()
+    _spec.implementation()
 
 LOAD_VERSION = "load-1"  # bump when a store's layout changes: every store is then reloaded
 SAMPLE_IDS = 5  # missing or extra ids named per table
@@ -123,7 +120,7 @@ def recheck_stores(data: Path) -> list[str]:
     settings = Settings(data_dir=Path(data))
     checked = []
     for name, spec in STORES.items():
-        if spec.built and (state_dir(data) / f"{name}.state.json").exists():
+        if (state_dir(data) / f"{name}.state.json").exists():
             store = spec.open(settings)
             try:
                 check_store(store, Path(data))
@@ -157,30 +154,3 @@ def load_store(settings: Settings, name: str, log: Log) -> dict:
                 "tables": {t: r.as_dict() for t, r in report.items()}}
     finally:
         store.close()
-
-
-def ensure_concurrency_limits(names: list[str], limit: int = 1) -> None:
-    """One global concurrency limit per store (a store takes one load at a time), created when missing;
-    a limit someone changed in the UI is left as it is."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        for name in names:
-            try:
-                client.read_global_concurrency_limit_by_name(STORES[name].concurrency_limit())
-            except ObjectNotFound:
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=STORES[name].concurrency_limit(), limit=limit))
-
-
-@task(name="load-store", task_run_name="load-{name}", retries=3, retry_delay_seconds=[2, 4, 8],
-      retry_condition_fn=retry_transient)
-def load_store_task(data_dir: str, name: str) -> dict:
-    """Load, check and reconcile one store under its global concurrency limit. Settings (store URLs)
-    come from the environment and .env, never from parameters: no secret reaches the API."""
-    logger = get_run_logger()
-    settings = Settings(data_dir=Path(data_dir))
-    with concurrency(STORES[name].concurrency_limit(), occupy=1, strict=True):
-        return load_store(settings, name, logger.info)

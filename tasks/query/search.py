@@ -31,7 +31,7 @@ def stored_model(settings: Settings) -> str:
 
 
 def embed_query(settings: Settings, text: str) -> list[float]:
-    from tasks.models import MODELS, encode, load_model
+    from tasks.embed.models import MODELS, encode, load_model
 
     name = stored_model(settings)
     spec = MODELS.get(name)

@@ -1,6 +1,6 @@
 """The embedding model registry and loading: every model offline, in half precision where the hardware has it.
 
-Kept apart from tasks.embeddings so that code which only encodes (the GPU benchmark on a bare CUDA
+Kept apart from tasks.embed.embeddings so that code which only encodes (the GPU benchmark on a bare CUDA
 machine) needs torch and sentence-transformers and nothing of the pipeline's own stack.
 """
 

@@ -46,7 +46,7 @@ ARRAY_DELIMITER = ";"
 # here (~4 min for 2M; 25M would take about an hour).
 BOLT_MAX_ROWS = 2_000_000
 IMPORT_DIR = "exports/neo4j-import"  # under the data dir
-LOCAL_IMPORT_DIR = "exports/graph-import"  # ArcadeDB's importer's files, under the data dir
+LOCAL_IMPORT_DIR = "exports/arcadedb-import"  # ArcadeDB's importer's files, under the data dir
 IMPORT_HEAP = "3g"  # the importer held 4.3 GB RSS at -Xmx4g for 25M RATED (store-load-probes)
 IMPORTER = "com.arcadedb.integration.importer.graph.GraphImporter"
 IMPORTER_TYPES = {pl.Int64: "long:", pl.Float64: "double:", pl.Boolean: "bool:", pl.String: ""}  # its prefixes
@@ -283,13 +283,13 @@ def _constraint(node: NodeSet) -> str:
     return f"{node.label.lower()}_{node.key}"
 
 
-class GraphStore:
+class Neo4jStore:
     name = "neo4j"
 
     def __init__(self, settings: Settings):
         self.settings = settings
         url, self.auth, self.database = settings.neo4j_target()
-        self.local = settings.local_graph
+        self.local = settings.local_neo4j
         self.url = safe_url(url)
         self._connect(url)
 
@@ -417,20 +417,21 @@ class GraphStore:
         after; then the server starts again and the load's comparison pass checks (and completes)
         every node and relationship over Bolt."""
         from tasks import services
+        from tasks.services import neo4j as neo4j_server
 
         config = write_local_import(nodes, edges, data / LOCAL_IMPORT_DIR)
-        target = services.graph_database_dir(self.settings)
+        target = neo4j_server.database_dir(self.settings)
         staging = target.with_name(f".{target.name}.import")
         log(f"neo4j: {sum(len(f) for f in edges.values()):,} relationships for an empty local graph: "
             f"bulk import with ArcadeDB's GraphImporter from {config.parent} (the server is stopped meanwhile)")
         started = time.perf_counter()
         self.driver.close()
-        services.stop(self.settings, ["graph"])
+        services.stop(self.settings, ["neo4j"])
         try:
             # Run beside the server: ArcadeDB writes its log/ folder into the working directory.
-            done = subprocess.run([*services.graph_java(IMPORT_HEAP), IMPORTER, str(config), str(staging),
+            done = subprocess.run([*neo4j_server.java(IMPORT_HEAP), IMPORTER, str(config), str(staging),
                                    str(config.parent)], capture_output=True, text=True, check=False,
-                                  cwd=services.graph_home(self.settings))
+                                  cwd=neo4j_server.home(self.settings))
             if done.returncode != 0:
                 tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
                 raise BulkImportFailed(f"graph bulk import from {config} failed (exit {done.returncode}):\n{tail}")
@@ -438,7 +439,7 @@ class GraphStore:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            services.start(self.settings, ["graph"])
+            services.start(self.settings, ["neo4j"])
             self._connect(self.settings.neo4j_target()[0])
         log(f"neo4j: bulk import done in {time.perf_counter() - started:.1f} s; checking it over Bolt")
         self.create_schema(data)
@@ -563,5 +564,5 @@ class GraphStore:
         self.driver.close()
 
 
-def open_store(settings: Settings) -> GraphStore:
-    return GraphStore(settings)
+def open_store(settings: Settings) -> Neo4jStore:
+    return Neo4jStore(settings)

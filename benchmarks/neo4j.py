@@ -1,12 +1,12 @@
 """Graph benchmark at 25m scale: the whole knowledge graph into the local Bolt server (ArcadeDB), our
 load against the seed's Cypher on the same server, then the explainability queries.
 
-    python benchmarks/graph.py [--slice 100000] [--queries 200]
+    python benchmarks/neo4j.py [--slice 100000] [--queries 200]
 
 Data: the 25m-scale ingest that benchmarks/ingest.py leaves in benchmarks/.cache/out-ours (25M
 ratings, tags, genome), the project's own synthetic users (one per rating user), platforms and
 availability. The graph server is the project's (tasks.services), on its own ports under
-benchmarks/.cache/graph-services.
+benchmarks/.cache/neo4j-services.
 
 - ours: the load stage for the neo4j store from an empty graph (python -m flows.load runs the same
   code): above 2M relationships it is the bulk path (ArcadeDB's GraphImporter with the server
@@ -17,7 +17,7 @@ benchmarks/.cache/graph-services.
   (UNWIND 10,000 rows, MATCH, MATCH, CREATE with properties) and the seed's (UNWIND 1,000 rows,
   MATCH, MATCH, CREATE). Their rates scaled to every RATED row give the Bolt-path times.
 - explain: --queries (user, item) pairs, both drawn with a fixed seed from the ratings, through
-  tasks.explain.explain (as `python -m flows.explain` runs it: a connection per call), and the same
+  tasks.query.explain.explain (as `python -m flows.explain` runs it: a connection per call), and the same
   count of `--item` queries; p50/p99.
 Last line: one JSON object. Targets (issue #12): whole graph <= 30 min and >= 10x the seed's method;
 peak RSS <= 6 GB in all (the load process plus the graph server or importer); an unchanged rerun <=
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import CACHE, child_or_prepare, cpu_model, run_child, timed_load  # noqa: E402
 
 DATA = CACHE / "graph-data-25m"
-SERVICES = CACHE / "graph-services"
+SERVICES = CACHE / "neo4j-services"
 SLICE_TYPE = "RATED_SLICE"
 
 
@@ -47,15 +47,15 @@ def settings():
     from tasks.settings import Settings
 
     ports = json.loads((SERVICES / "ports.json").read_text())
-    return Settings(_env_file=None, data_dir=DATA, services_dir=SERVICES, bolt_port=ports["bolt"],
-                    graph_http_port=ports["http"], graph_heap="3g")
+    return Settings(_env_file=None, data_dir=DATA, services_dir=SERVICES, neo4j_bolt_port=ports["bolt"],
+                    neo4j_http_port=ports["http"], neo4j_heap="3g")
 
 
 def prepare() -> Path:
     """The data dir: the 25m ingest's files and synthetic users, platforms and availability (once)."""
     import polars as pl
 
-    from tasks.synthetic import availability, build_platforms, profiles
+    from tasks.synthetic.datasets import availability, build_platforms, profiles
 
     marker = DATA / "benchmark.json"
     if marker.exists():
@@ -80,6 +80,7 @@ def prepare() -> Path:
 def start_server(fresh: bool) -> None:
     """The benchmark's graph server; `fresh`: an empty database first."""
     from tasks import services
+    from tasks.services import neo4j as neo4j_server
 
     SERVICES.mkdir(parents=True, exist_ok=True)
     ports = SERVICES / "ports.json"
@@ -91,10 +92,10 @@ def start_server(fresh: bool) -> None:
                 free.append(sock.getsockname()[1])
         ports.write_text(json.dumps({"bolt": free[0], "http": free[1]}))
     if fresh:
-        services.stop(settings(), ["graph"])
-        shutil.rmtree(services.graph_database_dir(settings()), ignore_errors=True)
+        services.stop(settings(), ["neo4j"])
+        shutil.rmtree(neo4j_server.database_dir(settings()), ignore_errors=True)
         shutil.rmtree(DATA / "stores", ignore_errors=True)
-    services.start(settings(), ["graph"])
+    services.start(settings(), ["neo4j"])
 
 
 def server_rss_mb() -> int:
@@ -127,7 +128,7 @@ def ours() -> dict:
 def _slice_rows(rows: int) -> list[dict]:
     import polars as pl
 
-    from tasks.stores.graph import EDGES
+    from tasks.stores.neo4j import EDGES
 
     rated = next(e for e in EDGES if e.type == "RATED")
     frame = rated.rows(DATA).head(rows).collect()
@@ -135,7 +136,7 @@ def _slice_rows(rows: int) -> list[dict]:
 
 
 def slice_load(rows: int, batch: int, statement: str) -> dict:
-    from tasks.stores.graph import open_store
+    from tasks.stores.neo4j import open_store
 
     data = _slice_rows(rows)
     store = open_store(settings())
@@ -165,7 +166,7 @@ def explain_latency(queries: int) -> dict:
     import numpy as np
     import polars as pl
 
-    from tasks.explain import connected, explain
+    from tasks.query.explain import connected, explain
 
     ratings = pl.scan_parquet(DATA / "processed" / "ratings.parquet").select("user_id", "movie_id")
     pairs = ratings.collect().sample(queries, seed=7)
@@ -202,7 +203,7 @@ def main() -> None:
     finally:
         from tasks import services
 
-        services.stop(settings(), ["graph"])
+        services.stop(settings(), ["neo4j"])
     rated = ours_figures["rated"]
     seed_s = rated / seed["rows_per_s"]
     bolt_s = rated / bolt["rows_per_s"]

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import task
 
-from tasks.caching import key_from_inputs
 
 SAMPLE_VERSION = "1"  # bump when the generator's output changes for a given seed
 GENRES = [
@@ -284,13 +282,4 @@ def generate(scale_name: str, out: Path, seed: int = 42) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
-
-
-@task(name="generate-sample-release", cache_key_fn=key_from_inputs(SAMPLE_VERSION, ()), persist_result=True)
-def sample_release_task(scale: str, out: str, seed: int = 42) -> str:
-    """Generate the release unless this folder already holds the one for (scale, seed)."""
-    marker = Path(out) / "README.txt"
-    if not (marker.exists() and f"({scale} scale, seed {seed})" in marker.read_text()):
-        generate(scale, Path(out), seed)
     return out

@@ -15,7 +15,7 @@ from neo4j import GraphDatabase
 from neo4j.exceptions import ConstraintError
 
 from tasks.settings import Settings
-from tasks.stores.graph import MIN_RELEVANCE, TOP_TAGS
+from tasks.stores.neo4j import MIN_RELEVANCE, TOP_TAGS
 from tasks.stores.loading import load_store, reconcile
 from tasks.stores.sources import StaleInputs
 from tests.test_stores import opened, settings_for, source_counts
@@ -58,9 +58,9 @@ def graph_sample(settings: Settings) -> dict:
 
 
 def test_graph_load_is_exact_idempotent_and_follows_changes(store_data, store_env, monkeypatch):
-    from tasks.stores import graph
+    from tasks.stores import neo4j as store
 
-    monkeypatch.setattr(graph, "COMPARE_ROWS", 25_000)  # RATED compared in chunks, the other types at once
+    monkeypatch.setattr(store, "COMPARE_ROWS", 25_000)  # RATED compared in chunks, the other types at once
     data = store_data
     settings = settings_for(data)
     cypher(settings, "MATCH (n) DETACH DELETE n")  # the session's graph is shared: start empty
@@ -98,13 +98,13 @@ def test_graph_load_is_exact_idempotent_and_follows_changes(store_data, store_en
     # The bulk path (ArcadeDB's importer, the server stopped) gives the same graph.
     by_bolt = graph_sample(settings)
     cypher(settings, "MATCH (n) DETACH DELETE n")
-    monkeypatch.setattr(graph, "BOLT_MAX_ROWS", 1_000)
+    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 1_000)
     (data / "stores" / "neo4j.state.json").unlink()
     summary = load_store(settings, "neo4j", logs.append)
     assert any("bulk import with ArcadeDB's GraphImporter" in line for line in logs)
     assert summary["tables"]["RATED"]["written"] == len(ratings)
     assert graph_sample(settings) == by_bolt
-    monkeypatch.setattr(graph, "BOLT_MAX_ROWS", 2_000_000)
+    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 2_000_000)
 
     # Forced rerun (load state removed): every element compared, none written.
     (data / "stores" / "neo4j.state.json").unlink()
@@ -141,7 +141,7 @@ def test_graph_load_is_exact_idempotent_and_follows_changes(store_data, store_en
 
 def test_explain_returns_the_planted_reasons_and_connected_items(store_data, store_env, capsys):
     from flows.explain import main as explain_main
-    from tasks.explain import LIKED, PEERS
+    from tasks.query.explain import LIKED, PEERS
 
     data = store_data
     settings = settings_for(data)
@@ -247,7 +247,7 @@ def check_admin_import(folder, counts: dict[str, int]) -> None:
 
 
 def test_a_large_first_load_into_a_remote_neo4j_writes_admin_import_files(store_data, store_env, monkeypatch):
-    from tasks.stores import graph
+    from tasks.stores import neo4j as store
 
     data = store_data
     plant_genome(data)
@@ -259,19 +259,19 @@ def test_a_large_first_load_into_a_remote_neo4j_writes_admin_import_files(store_
     monkeypatch.setenv("MG_NEO4J_USER", "root")
     monkeypatch.setenv("MG_NEO4J_PASSWORD", password)
     monkeypatch.setenv("MG_NEO4J_DATABASE", "kg")
-    monkeypatch.setattr(graph, "BOLT_MAX_ROWS", 1_000)
+    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 1_000)
     logs: list[str] = []
-    with pytest.raises(graph.BulkImportRequired, match="neo4j-admin database import full") as failure:
+    with pytest.raises(store.BulkImportRequired, match="neo4j-admin database import full") as failure:
         load_store(settings_for(data), "neo4j", logs.append)
     assert password not in str(failure.value) and not any(password in line for line in logs)
     assert any("import them with neo4j-admin" in line for line in logs)
-    folder = data / graph.IMPORT_DIR
+    folder = data / store.IMPORT_DIR
     check_admin_import(folder, source_counts(data, "neo4j"))
     assert cypher(settings, "MATCH (n) RETURN count(n) AS n") == [{"n": 0}]  # nothing half-loaded over Bolt
 
 
 def test_a_bad_source_file_is_named_and_an_extra_column_is_ignored(store_data):
-    from tasks.stores.graph import EDGES, MEDIA
+    from tasks.stores.neo4j import EDGES, MEDIA
 
     rated = next(e for e in EDGES if e.type == "RATED")
     ratings_file = store_data / "processed" / "ratings.parquet"

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tasks.stores import episodes as rl
+from tasks.stores import episodes
 from tasks.settings import Settings
 from tasks.stores import agentdb
 from tasks.stores.loading import check_store, load_store
@@ -32,9 +32,9 @@ def write_inputs(folder: Path, ratings: list[tuple[int, int, float, int]], arche
     times = ["night", "morning", "afternoon", "evening", "late_night"]
     frame.with_columns(time_of_day=pl.col("timestamp").map_elements(lambda t: times[(t // 3600) % 5],
                                                                     return_dtype=pl.String))\
-        .write_parquet(folder / rl.RATINGS)
+        .write_parquet(folder / episodes.RATINGS)
     pl.DataFrame({"user_id": list(archetypes), "archetype": list(archetypes.values())},
-                 schema={"user_id": pl.Int32, "archetype": pl.String}).write_parquet(folder / rl.USERS)
+                 schema={"user_id": pl.Int32, "archetype": pl.String}).write_parquet(folder / episodes.USERS)
     return folder
 
 
@@ -42,12 +42,12 @@ def oracle(ratings: list[tuple[int, int, float, int]], gammas: dict[int, float])
     """The episodes by the definitions in tasks/stores/episodes.py, in plain Python."""
     rows = []
     for user in sorted({r[0] for r in ratings}):
-        history = sorted((r for r in ratings if r[0] == user), key=lambda r: (r[3], r[1]))[-rl.STEP_CAP:]
+        history = sorted((r for r in ratings if r[0] == user), key=lambda r: (r[3], r[1]))[-episodes.STEP_CAP:]
         steps, episode = [], 0
         for step, (_, movie, rating, ts) in enumerate(history):
             nxt = history[step + 1][3] if step + 1 < len(history) else None
-            terminal = nxt is None or nxt - ts > rl.GAP_DAYS * DAY
-            before = history[max(0, step - rl.HISTORY):step][::-1]
+            terminal = nxt is None or nxt - ts > episodes.GAP_DAYS * DAY
+            before = history[max(0, step - episodes.HISTORY):step][::-1]
             steps.append({"user_id": user, "step": step, "episode": episode, "movie_id": movie,
                           "reward": (rating - 0.5) / 4.5, "terminal": terminal, "timestamp_ms": ts * 1000,
                           "recent_items": [b[1] for b in before], "recent_ratings": [b[2] for b in before]})
@@ -66,7 +66,7 @@ PLANTED = [
     (1, 10, 0.5, T0), (1, 12, 5.0, T0 + DAY), (1, 11, 3.0, T0 + DAY), (1, 13, 4.0, T0 + 41 * DAY),
     (1, 14, 2.5, T0 + 42 * DAY),
     # user 2: more ratings than the cap, an hour apart: the oldest ones go.
-    *[(2, 100 + i, 0.5 + (i % 10) / 2, T0 + i * 3600) for i in range(rl.STEP_CAP + 7)],
+    *[(2, 100 + i, 0.5 + (i % 10) / 2, T0 + i * 3600) for i in range(episodes.STEP_CAP + 7)],
     # user 3: one rating, terminal at once.
     (3, 7, 4.5, T0),
 ]
@@ -75,13 +75,15 @@ ARCHETYPES = {1: "casual", 2: "cinephile", 3: "family"}
 
 def test_episodes_follow_the_definitions(tmp_path):
     data = write_inputs(tmp_path / "data", PLANTED, ARCHETYPES)
-    got = rl.episodes(data / rl.RATINGS, data / rl.USERS).collect()
-    gammas = {u: rl.ALGORITHMS[rl.ARCHETYPE_ALGORITHM[a]]["config"]["discountFactor"] for u, a in ARCHETYPES.items()}
+    got = episodes.episodes(data / episodes.RATINGS, data / episodes.USERS).collect()
+    gammas = {u: episodes.ALGORITHMS[episodes.ARCHETYPE_ALGORITHM[a]]["config"]["discountFactor"]
+              for u, a in ARCHETYPES.items()}
     expected = oracle(PLANTED, gammas)
-    assert len(got) == len(expected) == 5 + rl.STEP_CAP + 1
+    assert len(got) == len(expected) == 5 + episodes.STEP_CAP + 1
     for row, want in zip(got.iter_rows(named=True), expected, strict=True):
-        assert row["recent_items"] == want["recent_items"] + [None] * (rl.HISTORY - len(want["recent_items"]))
-        assert row["recent_ratings"] == want["recent_ratings"] + [None] * (rl.HISTORY - len(want["recent_ratings"]))
+        assert row["recent_items"] == want["recent_items"] + [None] * (episodes.HISTORY - len(want["recent_items"]))
+        padding = [None] * (episodes.HISTORY - len(want["recent_ratings"]))
+        assert row["recent_ratings"] == want["recent_ratings"] + padding
         for key in ("user_id", "step", "episode", "movie_id", "terminal", "timestamp_ms"):
             assert row[key] == want[key], (key, row, want)
         for key in ("reward", "return", "return_to_go"):
@@ -91,14 +93,14 @@ def test_episodes_follow_the_definitions(tmp_path):
     assert user1["terminal"].to_list() == [False, False, True, False, True]  # the 40-day gap, the last rating
     assert user1["episode"].to_list() == [0, 0, 0, 1, 1]
     user2 = got.filter(pl.col("user_id") == 2)
-    assert user2["movie_id"][0] == 107 and user2["step"].to_list() == list(range(rl.STEP_CAP))  # capped
+    assert user2["movie_id"][0] == 107 and user2["step"].to_list() == list(range(episodes.STEP_CAP))  # capped
     assert got.filter(pl.col("user_id") == 3)["terminal"].to_list() == [True]
 
 
 def test_reward_is_in_0_1_and_grows_with_the_rating(tmp_path):
     grid = [0.5 * k for k in range(1, 11)]
     data = write_inputs(tmp_path / "data", [(1, m, r, T0 + m) for m, r in enumerate(grid)], {1: "casual"})
-    rewards = rl.episodes(data / rl.RATINGS, data / rl.USERS).collect()["reward"].to_list()
+    rewards = episodes.episodes(data / episodes.RATINGS, data / episodes.USERS).collect()["reward"].to_list()
     assert rewards[0] == 0.0 and rewards[-1] == 1.0
     assert all(a < b for a, b in zip(rewards, rewards[1:]))
 
@@ -106,26 +108,26 @@ def test_reward_is_in_0_1_and_grows_with_the_rating(tmp_path):
 def test_every_archetype_has_an_algorithm_that_agentdb_knows(tmp_path):
     known = {"q-learning", "sarsa", "dqn", "policy-gradient", "actor-critic", "ppo", "decision-transformer", "mcts",
              "model-based"}  # agentdb 1.6.1's LearningSession.sessionType
-    assert set(rl.ARCHETYPE_ALGORITHM) == set(ARCHETYPE_NAMES)
-    assert set(rl.ARCHETYPE_ALGORITHM.values()) <= known and set(rl.ALGORITHMS) <= known
-    assert len(set(rl.ARCHETYPE_ALGORITHM.values())) == 6
-    for algorithm in rl.ALGORITHMS.values():
+    assert set(episodes.ARCHETYPE_ALGORITHM) == set(ARCHETYPE_NAMES)
+    assert set(episodes.ARCHETYPE_ALGORITHM.values()) <= known and set(episodes.ALGORITHMS) <= known
+    assert len(set(episodes.ARCHETYPE_ALGORITHM.values())) == 6
+    for algorithm in episodes.ALGORITHMS.values():
         assert {"learningRate", "discountFactor", "explorationRate"} <= set(algorithm["config"])
     data = write_inputs(tmp_path / "data", PLANTED, ARCHETYPES)
-    rl.episodes(data / rl.RATINGS, data / rl.USERS).collect().write_parquet(data / "episodes.parquet")
-    sessions = rl.sessions(data / "episodes.parquet", data / rl.USERS).collect()
+    episodes.episodes(data / episodes.RATINGS, data / episodes.USERS).collect().write_parquet(data / "episodes.parquet")
+    sessions = episodes.sessions(data / "episodes.parquet", data / episodes.USERS).collect()
     assert dict(zip(sessions["user_id"], sessions["algorithm"])) == {1: "q-learning", 2: "decision-transformer",
                                                                     3: "actor-critic"}
-    assert json.loads(sessions["config"][1]) == rl.ALGORITHMS["decision-transformer"]["config"]
+    assert json.loads(sessions["config"][1]) == episodes.ALGORITHMS["decision-transformer"]["config"]
 
 
 def test_a_bad_rating_or_a_user_without_profile_is_named(tmp_path):
     data = write_inputs(tmp_path / "a", [*PLANTED, (3, 8, 6.0, T0 + 5)], ARCHETYPES)
-    with pytest.raises(rl.BadRatings, match=r"ratings.parquet: user 3, movie 8: rating 6.0 is outside"):
-        rl.check_ratings(data / rl.RATINGS, data / rl.USERS)
+    with pytest.raises(episodes.BadRatings, match=r"ratings.parquet: user 3, movie 8: rating 6.0 is outside"):
+        episodes.check_ratings(data / episodes.RATINGS, data / episodes.USERS)
     data = write_inputs(tmp_path / "b", PLANTED, {1: "casual", 2: "cinephile"})
-    with pytest.raises(rl.BadRatings, match=r"users.parquet: 1 rating users have no profile .* user 3"):
-        rl.check_ratings(data / rl.RATINGS, data / rl.USERS)
+    with pytest.raises(episodes.BadRatings, match=r"users.parquet: 1 rating users have no profile .* user 3"):
+        episodes.check_ratings(data / episodes.RATINGS, data / episodes.USERS)
 
 
 # --- the store ---------------------------------------------------------------------------------------
@@ -154,8 +156,8 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     folder = settings.agentdb_target()
     summary = load_store(settings, "agentdb", lambda m: None)  # checks and reconciles every id
     assert summary["status"] == "loaded"
-    steps = pl.read_parquet(store_data / rl.EPISODES)
-    slots = pl.read_parquet(store_data / rl.BUFFERS)
+    steps = pl.read_parquet(store_data / episodes.EPISODES)
+    slots = pl.read_parquet(store_data / episodes.BUFFERS)
     users = steps["user_id"].n_unique()
     tables = summary["tables"]
     assert tables["learning_experiences"]["rows"] == len(steps) + len(slots)
@@ -182,7 +184,7 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     assert session[2] == "active" and set(json.loads(session[1])) >= {"learningRate", "discountFactor"}
     maps = [json.loads(m) for m in policy]
     assert len(maps[2]) == len(user1) and all(v == 1 for v in maps[2].values())
-    assert (len(maps[0]), len(maps[1])) == ((len(user1), 0) if session[0] in rl.Q_FAMILY else (0, len(user1)))
+    assert (len(maps[0]), len(maps[1])) == ((len(user1), 0) if session[0] in episodes.Q_FAMILY else (0, len(user1)))
 
     # Unchanged inputs: nothing is rewritten.
     assert load_store(settings, "agentdb", lambda m: None)["status"] == "unchanged"
@@ -194,12 +196,12 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     # One user's new rating: in that user's shard only the user's session (its rows replaced, in step
     # order), and in the buffers the transitions that changed; the result is what a load from
     # nothing writes.
-    ratings = pl.read_parquet(store_data / rl.RATINGS)
+    ratings = pl.read_parquet(store_data / episodes.RATINGS)
     user = int(steps["user_id"].max())  # in the last user shard
     newest = ratings.filter(pl.col("user_id") == user).sort("timestamp").tail(1)
     ratings = pl.concat([ratings, newest.with_columns(movie_id=pl.lit(999_999, dtype=pl.Int32),
                                                       timestamp=pl.col("timestamp") + 60)])
-    ratings.write_parquet(store_data / rl.RATINGS)
+    ratings.write_parquet(store_data / episodes.RATINGS)
     old_rows = stored_rows(folder)
     stray = [folder / "shard-09999.sqlite", folder / ".shard-00000.sqlite.tmp"]  # as a killed load leaves them
     for path in stray:
@@ -213,7 +215,7 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     load_store(settings_for(store_data, tmp_path / "fresh"), "agentdb", lambda m: None)
     assert new_rows == stored_rows(tmp_path / "fresh")
     session = f"user-{user}"
-    user_steps = len(pl.read_parquet(store_data / rl.EPISODES).filter(pl.col("user_id") == user))
+    user_steps = len(pl.read_parquet(store_data / episodes.EPISODES).filter(pl.col("user_id") == user))
     buffer_changes = sum(n for row, n in (new_rows - old_rows).items() if row[0] == agentdb.BUFFER_FILE
                          and row[1] == "learning_experiences")
     assert 1 <= buffer_changes < 20  # the new transition, and the user's last one, no longer terminal
@@ -224,7 +226,7 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     untouched = {row: n for row, n in new_rows.items() if session not in row and row[0] != agentdb.BUFFER_FILE}
     assert all(old_rows[row] == n for row, n in untouched.items())
     assert summary["tables"]["learning_experiences"]["rows"] == tables["learning_experiences"]["rows"] + (
-        len(steps.filter(pl.col("user_id") == user)) < rl.STEP_CAP)
+        len(steps.filter(pl.col("user_id") == user)) < episodes.STEP_CAP)
 
     # A truncated shard: the check names it; the next load rewrites only it.
     victim = folder / "shard-00001.sqlite"
@@ -240,7 +242,7 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
 
 def test_an_unreadable_source_is_named_and_nothing_is_written(store_data):
     settings = settings_for(store_data)
-    ratings, vectors = store_data / rl.RATINGS, store_data / agentdb.USER_VECTORS
+    ratings, vectors = store_data / episodes.RATINGS, store_data / agentdb.USER_VECTORS
     whole, vector_bytes = ratings.read_bytes(), vectors.read_bytes()
     cases = [(ratings, whole[: len(whole) // 2], "unreadable Parquet file"),
              (ratings, None, "no column time_of_day"),
@@ -273,14 +275,14 @@ def agentdb_reader() -> Path:
 def test_the_real_agentdb_reads_a_shard_as_python_wrote_it(store_data, agentdb_reader):
     settings = settings_for(store_data)
     load_store(settings, "agentdb", lambda m: None)
-    steps = pl.read_parquet(store_data / rl.EPISODES)
-    sessions = pl.read_parquet(store_data / rl.SESSIONS)
+    steps = pl.read_parquet(store_data / episodes.EPISODES)
+    sessions = pl.read_parquet(store_data / episodes.SESSIONS)
     shard = settings.agentdb_target() / "shard-00000.sqlite"
     with sqlite3.connect(shard) as db:
         latest = dict(db.execute("SELECT session_id, state FROM learning_state_embeddings").fetchall())
     checked = set()
     for row in sessions.filter(pl.col("user_id") < 100).iter_rows(named=True):
-        family = "q" if row["algorithm"] in rl.Q_FAMILY else "avg"
+        family = "q" if row["algorithm"] in episodes.Q_FAMILY else "avg"
         last = steps.filter(pl.col("user_id") == row["user_id"]).tail(1).row(0, named=True)
         value = round(last["return"] if family == "q" else last["reward"], agentdb.DIGITS)
         if family in checked or value <= 0 or row["session_id"] not in latest:

@@ -321,3 +321,25 @@ def test_a_bad_embeddings_file_is_named_and_never_loaded(store_data, tmp_path):
     with pytest.raises(StaleInputs, match=str(catalog)):
         load_store(settings_for(store_data), "milvus", print)
     assert not (store_data / "stores" / "milvus.state.json").exists()
+
+
+def test_a_closed_milvus_lite_file_is_free_for_other_processes_and_read_fresh(tmp_path):
+    """milvus-lite keeps a server per file for its process's life: the last store to close the file
+    stops it, so another process can write the file and a store reopened here reads what it wrote."""
+    settings = Settings(_env_file=None, data_dir=tmp_path, milvus_uri=str(tmp_path / "lite.db"))
+    store = STORES["milvus"].open(settings)
+    store.client.create_collection("probe", dimension=4, id_type="string", max_length=16, auto_id=False)
+    store.client.insert("probe", [{"id": str(i), "vector": [float(i), 1.0, 2.0, 3.0]} for i in range(10)])
+    again = STORES["milvus"].open(settings)  # a second store on the file in this process
+    store.close()
+    assert again.count("probe") == 10  # still served: one store is open
+    again.close()
+    other = subprocess.run([sys.executable, "-c", "import sys; from pymilvus import MilvusClient\n"
+                            "c = MilvusClient(sys.argv[1]); c.delete('probe', ids=['3']); c.close()",
+                            str(tmp_path / "lite.db")], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr[-2000:]
+    reopened = STORES["milvus"].open(settings)
+    try:
+        assert reopened.count("probe") == 9
+    finally:
+        reopened.close()

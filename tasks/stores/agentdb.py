@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 from adbc_driver_sqlite import dbapi as sqlite_dbapi
 
-from tasks.stores import episodes as rl
+from tasks.stores import episodes
 from tasks.caching import file_digest
 from tasks.errors import PipelineError
 from tasks.files import ZSTD, atomic_output
@@ -113,7 +113,7 @@ def state_text() -> pl.Expr:
     """A step's state as agentdb stores it: 'recent=<movie>:<rating>,...;tod=<time of day>;step=<n>'
     (most recent first; no '|', which agentdb's policy keys use, and no quote, which JSON would escape)."""
     pairs = [pl.col("recent_items").arr.get(k).cast(pl.String) + ":" + pl.col("recent_ratings").arr.get(k)
-             .cast(pl.String) for k in range(rl.HISTORY)]
+             .cast(pl.String) for k in range(episodes.HISTORY)]
     return pl.concat_str([pl.lit("recent="), pl.concat_str(pairs, separator=",", ignore_nulls=True),
                           pl.lit(";tod="), pl.col("time_of_day").cast(pl.String), pl.lit(";step="),
                           pl.col("step").cast(pl.String)])
@@ -149,7 +149,7 @@ def _user_shard(steps: pl.DataFrame, sessions: pl.DataFrame, vectors: dict[int, 
               "return_to_go": pl.when(algorithm == "decision-transformer").then(_number(pl.col("return_to_go")))}
     # Policy maps keyed "state|action": Q(s, a) = the discounted return for the Q family (the fixed
     # point of agentdb's own update on this chain); the mean reward of the pair for the others.
-    q_family = algorithm.is_in(rl.Q_FAMILY)
+    q_family = algorithm.is_in(episodes.Q_FAMILY)
     entry = lambda value: pl.lit('"') + pl.col("state") + "|" + pl.col("action") + pl.lit('":') + value  # noqa: E731
     as_object = lambda c: pl.lit("{") + pl.col(c).str.join(",") + pl.lit("}")  # noqa: E731
     policies = (steps.select("user_id", q=pl.when(q_family).then(entry(_number(pl.col("return")))),
@@ -157,37 +157,38 @@ def _user_shard(steps: pl.DataFrame, sessions: pl.DataFrame, vectors: dict[int, 
                 .group_by("user_id", maintain_order=True)
                 .agg(q_values=as_object("q"), visit_counts=as_object("visits"), avg_rewards=as_object("avg"))
                 .join(sessions.select("user_id", "last_ms"), on="user_id", how="left", maintain_order="left")
-                .select(session_id=rl.session_id(pl.col("user_id")), state_action_pairs=pl.lit("{}"),
+                .select(session_id=episodes.session_id(pl.col("user_id")), state_action_pairs=pl.lit("{}"),
                         q_values="q_values", visit_counts="visit_counts", avg_rewards="avg_rewards",
                         version=pl.lit(1), created_at=pl.col("last_ms") // 1000))
     latest = steps.group_by("user_id", maintain_order=True).agg(pl.col("state").last())
     with_vector = latest.filter(pl.col("user_id").is_in(list(vectors)))
     embeddings = with_vector.select(
-        session_id=rl.session_id(pl.col("user_id")), state="state",
+        session_id=episodes.session_id(pl.col("user_id")), state="state",
         embedding=pl.Series([vectors[u] for u in with_vector["user_id"].to_list()], dtype=pl.Binary))
     return {"learning_sessions": _sessions(sessions),
-            "learning_experiences": _experiences(steps, rl.session_id(pl.col("user_id")), extras),
+            "learning_experiences": _experiences(steps, episodes.session_id(pl.col("user_id")), extras),
             "learning_policies": policies, "learning_state_embeddings": embeddings}
 
 
 def _sessions(sessions: pl.DataFrame) -> pl.DataFrame:
-    extras = pl.DataFrame({"algorithm": list(rl.ALGORITHMS),
-                           "extras": [json.dumps(a["extras"], sort_keys=True) for a in rl.ALGORITHMS.values()]})
+    extras = pl.DataFrame({"algorithm": list(episodes.ALGORITHMS),
+                           "extras": [json.dumps(a["extras"], sort_keys=True) for a in episodes.ALGORITHMS.values()]})
     return sessions.join(extras, on="algorithm", how="left", maintain_order="left").select(
         id="session_id", user_id=pl.col("user_id").cast(pl.String), session_type="algorithm", config="config",
         start_time="start_ms", end_time=pl.lit(None, dtype=pl.Int64), status=pl.lit("active"),
         metadata=pl.concat_str([pl.lit('{"archetype":"'), pl.col("archetype"), pl.lit('","episodes":'),
                                 pl.col("episodes").cast(pl.String), pl.lit(',"steps":'), pl.col("steps").cast(pl.String),
-                                pl.lit(f',"step_cap":{rl.STEP_CAP},"hyperparameters":'), pl.col("extras"),
+                                pl.lit(f',"step_cap":{episodes.STEP_CAP},"hyperparameters":'), pl.col("extras"),
                                 pl.lit("}")]))
 
 
 def _buffer_shard(transitions: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """The replay buffers: one session per algorithm, its transitions as experiences, oldest first."""
-    meta = {"session": pl.lit('"') + rl.session_id(pl.col("user_id")) + pl.lit('"'),
+    meta = {"session": pl.lit('"') + episodes.session_id(pl.col("user_id")) + pl.lit('"'),
             "step": pl.col("step"), "episode": pl.col("episode"), "terminal": pl.when(pl.col("terminal")).then(pl.lit("true"))}
     experiences = _experiences(_with_text(transitions), pl.lit("replay-") + pl.col("algorithm"), meta)
-    algorithms = rl.algorithm_table().filter(pl.col("algorithm").is_in(transitions["algorithm"].unique().implode()))
+    used = transitions["algorithm"].unique().implode()
+    algorithms = episodes.algorithm_table().filter(pl.col("algorithm").is_in(used))
     spans = transitions.group_by("algorithm").agg(start=pl.col("timestamp_ms").min(), transitions=pl.len())
     sessions = algorithms.join(spans, on="algorithm").sort("algorithm").select(
         id=pl.lit("replay-") + pl.col("algorithm"), user_id=pl.lit(BUFFER_USER), session_type="algorithm",
@@ -321,10 +322,10 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
     nothing is written; changed contents and an intact file (`old`: its entry in a manifest of this
     FORMAT): only the changed rows. Runs in a worker thread: it reads its own slice of the files;
     `with_vector` is vector_ids(data)."""
-    steps_file = data / rl.EPISODES
+    steps_file = data / episodes.EPISODES
     if shard is None:
         # The episodes stream past the buffers' few transitions (the smaller side is the join's table).
-        transitions = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / rl.BUFFERS), on=["user_id", "step"])
+        transitions = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / episodes.BUFFERS), on=["user_id", "step"])
                        .collect(engine="streaming").sort("algorithm", "timestamp_ms", "user_id", "step"))
         entry = {"users": None, "digest": digest(transitions)}
         tables = lambda: _buffer_shard(transitions)  # noqa: E731
@@ -332,7 +333,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
         first, last = shard * users_per_shard, (shard + 1) * users_per_shard - 1
         in_shard = pl.col("user_id").is_between(first, last)
         steps = pl.scan_parquet(steps_file).filter(in_shard).collect()
-        sessions = pl.scan_parquet(data / rl.SESSIONS).filter(in_shard).collect()
+        sessions = pl.scan_parquet(data / episodes.SESSIONS).filter(in_shard).collect()
         vectors = _user_vectors(data, with_vector, first, last)
         vector_frame = pl.DataFrame({"user_id": list(vectors), "v": list(vectors.values())},
                                     schema={"user_id": pl.Int64, "v": pl.Binary})
@@ -364,32 +365,35 @@ class SourceIds:
 
 
 def _session_ids(data: Path) -> pl.LazyFrame:
-    users = pl.scan_parquet(data / rl.SESSIONS).select(pl.col("session_id"))
-    buffers = pl.scan_parquet(data / rl.BUFFERS).select(
+    users = pl.scan_parquet(data / episodes.SESSIONS).select(pl.col("session_id"))
+    buffers = pl.scan_parquet(data / episodes.BUFFERS).select(
         session_id=pl.lit("replay-") + pl.col("algorithm")).unique()
     return pl.concat([users, buffers])
 
 
 def _experience_ids(data: Path) -> pl.LazyFrame:
-    steps = pl.scan_parquet(data / rl.EPISODES).select(rl.session_id(pl.col("user_id")) + "/" + pl.col("step").cast(pl.String))
-    transitions = pl.scan_parquet(data / rl.BUFFERS).select(
-        pl.lit("replay-") + pl.col("algorithm") + "/" + rl.session_id(pl.col("user_id")) + "/"
+    steps = pl.scan_parquet(data / episodes.EPISODES).select(
+        episodes.session_id(pl.col("user_id")) + "/" + pl.col("step").cast(pl.String))
+    transitions = pl.scan_parquet(data / episodes.BUFFERS).select(
+        pl.lit("replay-") + pl.col("algorithm") + "/" + episodes.session_id(pl.col("user_id")) + "/"
         + pl.col("step").cast(pl.String))
     return pl.concat([steps.rename(lambda _: "id"), transitions.rename(lambda _: "id")])
 
 
 def _embedding_ids(data: Path) -> pl.LazyFrame:
     with_vector = pl.Series("user_id", vector_ids(data), dtype=pl.Int32)
-    return pl.scan_parquet(data / rl.SESSIONS).filter(pl.col("user_id").is_in(with_vector.implode())).select("session_id")
+    return pl.scan_parquet(data / episodes.SESSIONS).filter(pl.col("user_id").is_in(with_vector.implode())) \
+        .select("session_id")
 
 
 TABLES = {
-    "learning_sessions": SourceIds(rl.SESSIONS, _session_ids),
-    "learning_experiences": SourceIds(rl.EPISODES, _experience_ids),
-    "learning_policies": SourceIds(rl.SESSIONS, lambda d: pl.scan_parquet(d / rl.SESSIONS).select("session_id")),
-    "learning_state_embeddings": SourceIds(rl.SESSIONS, _embedding_ids),
+    "learning_sessions": SourceIds(episodes.SESSIONS, _session_ids),
+    "learning_experiences": SourceIds(episodes.EPISODES, _experience_ids),
+    "learning_policies": SourceIds(episodes.SESSIONS,
+                                   lambda d: pl.scan_parquet(d / episodes.SESSIONS).select("session_id")),
+    "learning_state_embeddings": SourceIds(episodes.SESSIONS, _embedding_ids),
 }
-INPUTS = (rl.RATINGS, rl.USERS, USER_VECTORS)
+INPUTS = (episodes.RATINGS, episodes.USERS, USER_VECTORS)
 
 
 # --- the store ---------------------------------------------------------------------------------------
@@ -413,17 +417,18 @@ class AgentDBStore:
 
     def _build_datasets(self, data: Path, log: Log) -> None:
         """Episodes, sessions and buffers as Parquet under DATA_DIR/agentdb/ (tasks.stores.episodes)."""
-        ratings, users = data / rl.RATINGS, data / rl.USERS
-        check_parquet(ratings, rl.RATING_COLUMNS)
-        check_parquet(users, rl.USER_COLUMNS)
-        rl.check_ratings(ratings, users)
-        with atomic_output(data / rl.EPISODES) as tmp:
-            rl.write_episodes(ratings, users, tmp)
-        for name, build in ((rl.SESSIONS, lambda: rl.sessions(data / rl.EPISODES, users)),
-                            (rl.BUFFERS, lambda: rl.buffers(data / rl.EPISODES, data / rl.SESSIONS))):
+        ratings, users = data / episodes.RATINGS, data / episodes.USERS
+        check_parquet(ratings, episodes.RATING_COLUMNS)
+        check_parquet(users, episodes.USER_COLUMNS)
+        episodes.check_ratings(ratings, users)
+        with atomic_output(data / episodes.EPISODES) as tmp:
+            episodes.write_episodes(ratings, users, tmp)
+        for name, build in ((episodes.SESSIONS, lambda: episodes.sessions(data / episodes.EPISODES, users)),
+                            (episodes.BUFFERS,
+                             lambda: episodes.buffers(data / episodes.EPISODES, data / episodes.SESSIONS))):
             with atomic_output(data / name) as tmp:
                 build().collect().write_parquet(tmp, **ZSTD)
-        log(f"agentdb: episodes, sessions and replay buffers -> {data / rl.EPISODES.split('/')[0]}")
+        log(f"agentdb: episodes, sessions and replay buffers -> {data / episodes.EPISODES.split('/')[0]}")
 
     def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
         data = Path(data)
@@ -432,7 +437,7 @@ class AgentDBStore:
         self._build_datasets(data, log)
         manifest = self.manifest()
         before = manifest["shards"] if manifest.get("format") == FORMAT else {}  # another layout: write anew
-        users = pl.read_parquet(data / rl.SESSIONS, columns=["user_id"])["user_id"]
+        users = pl.read_parquet(data / episodes.SESSIONS, columns=["user_id"])["user_id"]
         sizes = (users // self.users_per_shard).value_counts().sort("user_id").rows()
         jobs = {f"shard-{shard:05d}.sqlite": (shard, n) for shard, n in sizes} | {BUFFER_FILE: (None, 0)}
         shards, report = {}, {table: TableLoad() for table in COLUMNS}

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,6 +60,14 @@ def filter_expression(query: Query) -> str:
                         else f"{name} {op} {_literal(value)}" for name, op, value in query.conditions())
 
 
+# Open stores per Milvus Lite file in this process. milvus-lite runs one server per file and process
+# and keeps it to the process's end, holding the file: another process could not open it, and a
+# store reopened here after another process wrote read the old state (at 25m scale, the refresh
+# benchmark saw a deleted catalog item). The last store to close a file stops its server.
+_LITE_OPEN: Counter[str] = Counter()
+_LITE_LOCK = threading.Lock()
+
+
 class MilvusStore:
     name = "milvus"
 
@@ -74,6 +84,9 @@ class MilvusStore:
             self.client = MilvusClient(uri=self.uri, token=token, timeout=30, dedicated=True)
         except (MilvusException, OSError) as exc:
             raise StoreUnavailable(f"milvus at {self.target()} is unreachable: {exc}") from exc
+        if self.lite:
+            with _LITE_LOCK:
+                _LITE_OPEN[self.uri] += 1
 
     def target(self) -> str:
         return f"Milvus Lite file {self.uri}" if self.lite else self.uri  # the token is never part of the URI
@@ -250,6 +263,14 @@ class MilvusStore:
 
     def close(self) -> None:
         self.client.close()
+        if self.lite and self.uri in _LITE_OPEN:
+            with _LITE_LOCK:
+                _LITE_OPEN[self.uri] -= 1
+                if _LITE_OPEN[self.uri] == 0:
+                    from milvus_lite.server_manager import server_manager_instance
+
+                    del _LITE_OPEN[self.uri]
+                    server_manager_instance.release_server(self.uri)
 
 
 def _check_lists(fields, types: dict[str, str], collection: str) -> None:

@@ -1,0 +1,1 @@
+"""The embed stage: movie and catalog texts through sentence-transformers, user vectors from ratings."""

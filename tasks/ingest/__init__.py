@@ -1,0 +1,1 @@
+"""The ingest stage: MovieLens releases (downloaded, zipped or extracted) into typed Parquet."""

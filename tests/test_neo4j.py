@@ -58,9 +58,9 @@ def graph_sample(settings: Settings) -> dict:
 
 
 def test_graph_load_is_exact_idempotent_and_follows_changes(store_data, store_env, monkeypatch):
-    from tasks.stores import neo4j as store
+    from tasks.stores import neo4j as neo4j_store
 
-    monkeypatch.setattr(store, "COMPARE_ROWS", 25_000)  # RATED compared in chunks, the other types at once
+    monkeypatch.setattr(neo4j_store, "COMPARE_ROWS", 25_000)  # RATED compared in chunks, the other types at once
     data = store_data
     settings = settings_for(data)
     cypher(settings, "MATCH (n) DETACH DELETE n")  # the session's graph is shared: start empty
@@ -98,13 +98,13 @@ def test_graph_load_is_exact_idempotent_and_follows_changes(store_data, store_en
     # The bulk path (ArcadeDB's importer, the server stopped) gives the same graph.
     by_bolt = graph_sample(settings)
     cypher(settings, "MATCH (n) DETACH DELETE n")
-    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 1_000)
+    monkeypatch.setattr(neo4j_store, "BOLT_MAX_ROWS", 1_000)
     (data / "stores" / "neo4j.state.json").unlink()
     summary = load_store(settings, "neo4j", logs.append)
     assert any("bulk import with ArcadeDB's GraphImporter" in line for line in logs)
     assert summary["tables"]["RATED"]["written"] == len(ratings)
     assert graph_sample(settings) == by_bolt
-    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 2_000_000)
+    monkeypatch.setattr(neo4j_store, "BOLT_MAX_ROWS", 2_000_000)
 
     # Forced rerun (load state removed): every element compared, none written.
     (data / "stores" / "neo4j.state.json").unlink()
@@ -247,7 +247,7 @@ def check_admin_import(folder, counts: dict[str, int]) -> None:
 
 
 def test_a_large_first_load_into_a_remote_neo4j_writes_admin_import_files(store_data, store_env, monkeypatch):
-    from tasks.stores import neo4j as store
+    from tasks.stores import neo4j as neo4j_store
 
     data = store_data
     plant_genome(data)
@@ -259,13 +259,13 @@ def test_a_large_first_load_into_a_remote_neo4j_writes_admin_import_files(store_
     monkeypatch.setenv("MG_NEO4J_USER", "root")
     monkeypatch.setenv("MG_NEO4J_PASSWORD", password)
     monkeypatch.setenv("MG_NEO4J_DATABASE", "kg")
-    monkeypatch.setattr(store, "BOLT_MAX_ROWS", 1_000)
+    monkeypatch.setattr(neo4j_store, "BOLT_MAX_ROWS", 1_000)
     logs: list[str] = []
-    with pytest.raises(store.BulkImportRequired, match="neo4j-admin database import full") as failure:
+    with pytest.raises(neo4j_store.BulkImportRequired, match="neo4j-admin database import full") as failure:
         load_store(settings_for(data), "neo4j", logs.append)
     assert password not in str(failure.value) and not any(password in line for line in logs)
     assert any("import them with neo4j-admin" in line for line in logs)
-    folder = data / store.IMPORT_DIR
+    folder = data / neo4j_store.IMPORT_DIR
     check_admin_import(folder, source_counts(data, "neo4j"))
     assert cypher(settings, "MATCH (n) RETURN count(n) AS n") == [{"n": 0}]  # nothing half-loaded over Bolt
 

@@ -1,7 +1,7 @@
 """Graph benchmark at 25m scale: the whole knowledge graph into the local Bolt server (ArcadeDB), our
 load against the seed's Cypher on the same server, then the explainability queries.
 
-    python benchmarks/neo4j.py [--slice 100000] [--queries 200]
+    python benchmarks/neo4j_store.py [--slice 100000] [--queries 200]
 
 Data: the 25m-scale ingest that benchmarks/ingest.py leaves in benchmarks/.cache/out-ours (25M
 ratings, tags, genome), the project's own synthetic users (one per rating user), platforms and

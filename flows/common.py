@@ -13,16 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect.settings import (
-    PREFECT_API_URL,
-    PREFECT_SERVER_ANALYTICS_ENABLED,
-    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-    temporary_settings,
-)
-from tasks import services
 from tasks.errors import PipelineError
-from tasks.ingest.movielens import RELEASES
 from tasks.settings import Settings
+
+# Prefect, Polars and the services are imported where they are used: the search and explain CLIs
+# import this module and use neither (Prefect alone is ~2 s of imports).
 
 
 def load_settings(**flags: Any) -> Settings:
@@ -41,6 +36,8 @@ def cli_settings(parser: argparse.ArgumentParser, **flags: Any) -> Settings:
 def preflight(settings: Settings, source: str | None = None, embed: bool = False) -> None:
     """What can be checked before the first stage starts, so a bad parameter fails in a second,
     not after the stages before the one that needs it."""
+    from tasks.ingest.movielens import RELEASES
+
     if source is not None and source not in RELEASES and not Path(source).exists():
         raise PipelineError(f"--source {source}: no such file or folder (nor a release name: {', '.join(RELEASES)})")
     if embed:
@@ -83,6 +80,15 @@ def _quiet_tracebacks() -> None:
 def prefect_api(settings: Settings) -> Iterator[str]:
     """Use PREFECT_API_URL if set, else the local server when `tasks.services` runs one, else a
     temporary in-process server (slower to start: ~15 s)."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from tasks import services
+
     updates: dict = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     where = services.prefect_api_url(settings)
     if where is not None:

@@ -1,8 +1,9 @@
 """The whole pipeline: ingest, synthetic data, embeddings, validation, loads.
 
-    python -m flows.full [--data-dir DIR] [--source SOURCE] [--skip-STAGE ...] [--no-STORE ...]
+    python -m flows.full [--data-dir DIR] [--source SOURCE] [--skip-STAGE ...] [--no-STORE ...] [--replace]
 
-Without --source it ingests a small generated MovieLens-format release (and says so).
+Without --source it ingests a small generated MovieLens-format release (and says so). Every store it
+will load is reached before the first stage (the CLI starts the local servers they need first).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import cli_settings, load_settings, logs_to_data_dir, prefect_api, preflight
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
-from flows.load import StoreName, add_store_flags, raise_on_failed, run_loads, skipped_stores
+from flows.load import StoreName, add_store_flags, raise_on_failed, run_loads, skipped_stores, wanted_stores
 from flows.summary import Summary, text
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
@@ -30,6 +31,7 @@ from tasks.errors import PipelineError, run_cli
 from tasks.ingest.movielens import OnBadRows
 from tasks.ingest.tasks import sample_release_task
 from tasks.settings import CatalogSize, RejectFraction, Settings
+from tasks.stores.loading import reach_stores
 from tasks.validate.tasks import validated
 
 # Work pool -> the embed deployment that runs there (prefect.yaml).
@@ -116,6 +118,7 @@ def full_flow(
     skip_validate: bool = False,
     skip_stores: list[StoreName] | None = None,
     embed_on: str | None = None,
+    replace: bool = False,
 ) -> list[dict]:
     """Run every stage that is asked for; returns one summary row per stage. Empty parameters take
     the pipeline's settings (environment or .env).
@@ -135,12 +138,15 @@ def full_flow(
         skip_validate: do not run the Great Expectations suites (not recommended before loads).
         skip_stores: stores not to load (milvus, postgres, neo4j, agentdb); the others load at once.
         embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
+        replace: overwrite a store namespace that holds another data dir's dataset (else the run stops
+            before its first stage).
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
     if embed_on and embed_on not in EMBED_DEPLOYMENTS:
         raise PipelineError(f"embed_on {embed_on!r}: no embed deployment on that pool; "
                             f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
     preflight(settings, None if skip_ingest else source, embed=not skip_embed and not embed_on)
+    reach_stores(settings, wanted_stores(skip_stores), replace)
     run = Run(settings, source, on_bad_rows, max_reject_fraction, embed_on)
     summary = Summary(run.data)
     skipped = {"ingest": skip_ingest, "synthetic": skip_synthetic, "embed": skip_embed}
@@ -167,7 +173,7 @@ def full_flow(
     for stage in STAGES:  # before any load, the data of skipped stages is validated too, where it exists
         if skipped[stage.name]:
             gate(stage.name, missing_ok=True)
-    loads = run_loads(run.data, skip_stores)
+    loads = run_loads(run.data, skip_stores, replace)
     summary.concurrent(loads)
     statuses = {row["status"] for row in loads}
     try:
@@ -178,6 +184,18 @@ def full_flow(
                                  description="What ran in this full refresh")
     raise_on_failed(summary.rows)
     return summary.rows
+
+
+def start_local_servers(settings: Settings, stores: list[str]) -> None:
+    """The local servers of the stores this run loads (a no-op for a running one; an external store's
+    URL starts nothing)."""
+    from tasks import services
+
+    names = [name for name in services.wanted(settings) if name in stores]
+    if names:
+        for name, state in services.start(settings, names).items():
+            if state == "started":
+                print(f"started the local {name} server")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         preflight(settings, None if args.skip_ingest else args.source,
                   embed=not args.skip_embed and not args.embed_on)
+        start_local_servers(settings, wanted_stores(skipped_stores(args)))
         started = time.perf_counter()
         with prefect_api(settings) as where:
             print(f"Prefect API: {where}")
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, device=args.device, on_bad_rows=args.on_bad_rows,
                 max_reject_fraction=args.max_reject_fraction, skip_ingest=args.skip_ingest,
                 skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
-                skip_stores=skipped_stores(args), embed_on=args.embed_on)
+                skip_stores=skipped_stores(args), embed_on=args.embed_on, replace=args.replace)
         print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
         print(text(rows))
         return 0

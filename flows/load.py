@@ -1,6 +1,6 @@
 """Load flow: every store at once from the data dir, each checked and reconciled after its load.
 
-    python -m flows.load --data-dir DIR [--no-milvus] [--no-postgres] ...
+    python -m flows.load --data-dir DIR [--no-milvus] [--no-postgres] ... [--replace]
 
 Stores are read from the registry in tasks/stores/. Store URLs come from the settings (MG_*
 environment or .env): an unset URL is the local server or file. Loads run concurrently, each under
@@ -24,6 +24,7 @@ from flows.summary import Summary, text
 from tasks.caching import result_storage
 from tasks.errors import PipelineError, run_cli
 from tasks.stores import STORES
+from tasks.stores.loading import reach_stores
 from tasks.stores.tasks import ensure_concurrency_limits, load_store_task
 from tasks.validate.tasks import validated
 
@@ -40,12 +41,16 @@ def _detail(result: dict) -> str:
     return f"{result['target']}: {tables}"
 
 
-def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
+def wanted_stores(skip: list[str] | None) -> list[str]:
+    return [name for name in STORES if name not in set(skip or [])]
+
+
+def run_loads(data_dir: Path, skip: list[str] | None = None, replace: bool = False) -> list[dict]:
     """In a flow: submit every asked-for store's load at once and wait for all; one summary row per
     store (stage, status, seconds, detail), failures included."""
     skip = set(skip or [])
     rows, futures = [], {}
-    wanted = [name for name in STORES if name not in skip]
+    wanted = wanted_stores(list(skip))
     if wanted:
         ensure_concurrency_limits(wanted)
     started = time.perf_counter()
@@ -53,7 +58,7 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
         if name in skip:
             rows.append({"stage": name, "status": "skipped", "seconds": None, "detail": "by flag"})
         else:
-            futures[name] = load_store_task.submit(str(data_dir), name)
+            futures[name] = load_store_task.submit(str(data_dir), name, replace)
     for name, future in futures.items():
         future.wait()
         seconds = round(time.perf_counter() - started, 1)
@@ -64,7 +69,7 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
                        rows=sum(r["rows"] for r in result["tables"].values()))
         else:
             error = future.result(raise_on_failure=False)
-            row.update(status="failed", detail=str(error))
+            row.update(status="failed", detail=" ".join(str(error).split()))  # one line per store
         rows.append(row)
     order = list(STORES)
     return sorted(rows, key=lambda r: order.index(r["stage"]))
@@ -73,20 +78,24 @@ def run_loads(data_dir: Path, skip: list[str] | None = None) -> list[dict]:
 def raise_on_failed(rows: list[dict]) -> None:
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
-        raise LoadFailed("; ".join(f"{r['stage']} load failed: {r['detail']}" for r in failed))
+        raise LoadFailed("\n".join(f"{r['stage']} load failed: {r['detail']}" for r in failed))
 
 
 @flow(name="load", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=len(STORES)))
-def load_flow(data_dir: str | None = None, skip_stores: list[StoreName] | None = None) -> list[dict]:
+def load_flow(data_dir: str | None = None, skip_stores: list[StoreName] | None = None,
+              replace: bool = False) -> list[dict]:
     """Load every store from the data dir at once; returns one summary row per store.
 
     Args:
         data_dir: root of the pipeline's files (processed/, synthetic/, embeddings/).
         skip_stores: stores not to load.
+        replace: overwrite a store namespace that holds another data dir's dataset (else the load stops).
     """
-    data = load_settings(data_dir=data_dir).data_dir
+    settings = load_settings(data_dir=data_dir)
+    data = settings.data_dir
+    reach_stores(settings, wanted_stores(skip_stores), replace)
     summary = Summary(data)
-    summary.concurrent(run_loads(data, skip_stores))
+    summary.concurrent(run_loads(data, skip_stores, replace))
     create_markdown_artifact(key="load-summary", markdown=summary.markdown("Loads"),
                              description="What each store's load did")
     raise_on_failed(summary.rows)
@@ -98,6 +107,8 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
     for spec in STORES.values():
         parser.add_argument(spec.flag, action="store_true",
                             help=f"do not load {spec.name}: {spec.loads}")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite a store namespace that holds another data dir's dataset (else the load stops)")
 
 
 def skipped_stores(args: argparse.Namespace) -> list[str]:
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         with prefect_api(settings):
-            rows = load_flow(str(settings.data_dir), skipped_stores(args))
+            rows = load_flow(str(settings.data_dir), skipped_stores(args), args.replace)
         print(text(rows))
         return 0
 

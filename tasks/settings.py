@@ -7,6 +7,8 @@ set it and nothing local is started for that store.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -15,7 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_HOST = "127.0.0.1"
-LOCAL_NEO4J_DATABASE = "kg"  # the database the local graph server creates and serves
+LOCAL_NEO4J_DATABASE = "kg"  # the local graph server's own database (readiness); datasets have their own
 NEO4J_SCHEMES = {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}
 
 
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path("data"), description="Root of raw, processed, synthetic and embedding files.")
+    namespace: str | None = Field(
+        None, pattern=r"^[a-z][a-z0-9_]{0,47}$",
+        description="The dataset's name in the stores: PostgreSQL schema, local graph database, Milvus database, "
+                    "AgentDB folder (default: derived from the data dir's path)")
     data_host_dir: Path | None = Field(None, description="The data dir as the GPU pool's docker host mounts it "
                                                          "(default: data_dir, resolved).")
     services_dir: Path = Field(Path(".services"), description="State and logs of the local servers.")
@@ -120,6 +126,22 @@ class Settings(BaseSettings):
             _ = parts.port
         return value
 
+    # Which dataset: each data dir is one, kept apart in every store.
+    @property
+    def dataset_origin(self) -> str:
+        """The data dir, resolved: what a store records as the dataset it holds."""
+        return str(self.data_dir.resolve())
+
+    @property
+    def dataset_namespace(self) -> str:
+        """MG_NAMESPACE, else the data dir's name and a hash of its path (`data_1f2e3d4c`): two data
+        dirs never share a namespace by default, and one data dir keeps its own across runs."""
+        if self.namespace:
+            return self.namespace
+        slug = re.sub(r"[^a-z0-9]+", "_", self.data_dir.resolve().name.lower()).strip("_")[:24]
+        slug = slug if slug[:1].isalpha() else f"d_{slug}".rstrip("_")
+        return f"{slug}_{hashlib.sha256(self.dataset_origin.encode()).hexdigest()[:8]}"
+
     # Where each store really is.
     @property
     def local_postgres(self) -> bool:
@@ -142,13 +164,15 @@ class Settings(BaseSettings):
             password = self.neo4j_password.get_secret_value() if self.neo4j_password else ""
             return self.neo4j_url, (self.neo4j_user, password), self.neo4j_database
         return f"bolt://{LOCAL_HOST}:{self.neo4j_bolt_port}", ("root", self.local_password.get_secret_value()), \
-            LOCAL_NEO4J_DATABASE
+            self.dataset_namespace
 
     def milvus_target(self) -> str:
         return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     def agentdb_target(self) -> Path:
-        return self.agentdb_dir or self.data_dir / "agentdb" / "shards"
+        if self.agentdb_dir is not None:  # a shared folder: one subfolder per dataset
+            return self.agentdb_dir / self.dataset_namespace
+        return self.data_dir / "agentdb" / "shards"
 
     @property
     def local_prefect_url(self) -> str:

@@ -33,6 +33,16 @@ def world_readable_tmpdir(prefix: str) -> Path:
     return path
 
 
+def pg_connect(url: str, dataset: Path | Settings, **options):
+    """A psycopg connection to `url` that sees the tables of a dataset (its schema): a data dir's,
+    or the settings' namespace."""
+    import psycopg
+
+    settings = dataset if isinstance(dataset, Settings) else Settings(_env_file=None, data_dir=dataset)
+    schema = settings.dataset_namespace
+    return psycopg.connect(url, options=f"-c search_path={schema},public", **options)
+
+
 def make_settings(base: Path, **overrides) -> Settings:
     values = dict(
         _env_file=None, services_dir=base / "services", data_dir=base / "data", postgres_port=free_port(),

@@ -173,6 +173,8 @@ def test_too_many_rejects_stop_the_stage(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"ratings": None}, r"ratings\.csv: required file is missing"),
     ({"movies": None}, r"movies\.csv: required file is missing"),
+    ({"links": None}, r"links\.csv: required file is missing"),
+    ({"tags": None}, r"tags\.csv: required file is missing"),
     ({"ratings": "user,movie,rating,timestamp\n1,1,4.0,964982703\n"}, r"ratings\.csv: header is \['user'"),
     ({"ratings": RATINGS + "1,2,4.0,964982703,extra\n"}, r"ratings\.csv: malformed CSV: line 6 has 5 fields"),
     ({"tags": TAGS + '1,2,"unterminated,1139045764\n3,3,ok,1139045764\n'}, r"tags\.csv: malformed CSV"),
@@ -323,9 +325,10 @@ def test_unknown_source_is_explained(tmp_path):
 BIG_RATINGS = "userId,movieId,rating,timestamp\n" + "".join(f"{u},1,4.0,964982703\n" for u in range(1, 20_001))
 
 
-@pytest.mark.parametrize("cut", [7, 11, 14])  # inside the timestamp, inside the rating, right after a comma
+@pytest.mark.parametrize("cut", [7, 11, 12])  # inside the movie id, after the rating, right after its comma
 def test_a_ratings_file_cut_mid_line_stops_as_truncated(tmp_path, cut):
-    """`head -c N ratings.csv`: rejecting the cut row would lose the rest of the file silently."""
+    """`head -c N ratings.csv`: a last line with fewer fields, or an empty last field, was cut;
+    rejecting it as a row would lose the rest of the file silently."""
     release = write_release(tmp_path / "rel")
     line_start = len(BIG_RATINGS) // 2
     line_start = BIG_RATINGS.index("\n", line_start) + 1
@@ -349,6 +352,23 @@ def test_quoted_commas_and_blank_lines_are_not_field_count_errors(tmp_path):
                            max_reject_fraction=1.0)
     assert stats["files"]["tags"]["rows_written"] == 3
     assert stats["rejected"]["tags"] == {"userId is empty": 1}  # the blank line, as before: a row
+
+
+@pytest.mark.parametrize("last, reason", [
+    ("1,999,4.0,964982703", "movieId not in movies.csv"),  # a hand-appended row of an unknown movie
+    ("1,1,7.0,964982703", "rating off the 0.5-5.0 half-star grid"),
+    ("1,1,4.0,96", "timestamp outside the plausible range (1995-01-01 to now)"),  # complete, parses: a row
+])
+def test_a_complete_last_row_without_newline_that_breaks_a_rule_is_rejected_with_its_reason(tmp_path, last, reason):
+    """Only the last field of a cut line can be damaged: a last line whose fields are all there and
+    parse is a complete row, quarantined with its own reason, never called truncated."""
+    release = write_release(tmp_path / "rel", ratings=RATINGS + last)
+    stats = ingest_release(release, tmp_path / "processed", max_reject_fraction=1.0)
+    rows = len(RATINGS.splitlines())  # header included: the appended row's number
+    assert stats["rejected"]["ratings"] == {reason: 1}
+    assert stats["files"]["ratings"]["rows_written"] == rows - 1
+    rejected = pl.read_parquet(tmp_path / "processed" / "rejected" / "ratings.parquet")
+    assert rejected.select("row", "reason").rows() == [(rows, reason)]
 
 
 def test_a_file_without_final_newline_whose_last_row_is_good_is_read_whole(tmp_path):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import polars as pl
-import psycopg
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, LogFilter, \
     LogFilterFlowRunId, TaskRunFilter, TaskRunFilterFlowRunId
@@ -16,7 +15,7 @@ from flows.load import load_flow
 from flows.load import main as load_main
 from flows.validate import main as validate_main
 from tasks.stores import STORES
-from tests.conftest import free_port
+from tests.conftest import free_port, pg_connect
 from tests.test_stores import pg_url  # noqa: F401 - the fixture
 
 
@@ -88,7 +87,7 @@ def test_validate_load_stage_names_a_row_the_source_lacks(prefect_server, store_
     rows = load_flow(str(store_data), skip_stores=[n for n in STORES if n != "postgres"])
     assert {r["stage"]: r["status"] for r in rows}["postgres"] == "loaded"
     assert validate_main(["--data-dir", str(store_data), "--stage", "load"]) == 0
-    with psycopg.connect(pg_url) as conn:
+    with pg_connect(pg_url, store_data) as conn:
         conn.execute("INSERT INTO platforms (platform_id, name) VALUES ('bogus', 'Bogus')")
     assert validate_main(["--data-dir", str(store_data), "--stage", "load"]) == 1
     assert "postgres platforms: 1 ids not in the source (e.g. bogus)" in capsys.readouterr().err

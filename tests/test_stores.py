@@ -27,7 +27,7 @@ from tasks.stores.base import Query, Store
 from tasks.stores.loading import ReconciliationFailed, check_store, load_store, recheck_stores, reconcile
 from tasks.stores.postgres import METADATA_SHARED
 from tasks.stores.sources import VECTOR_SETS, h5_ids
-from tests.conftest import ROOT
+from tests.conftest import ROOT, pg_connect
 
 
 @pytest.fixture()
@@ -55,8 +55,8 @@ def source_counts(data: Path, name: str) -> dict[str, int]:
     return {table: len(keys.read(data)) for table, keys in STORES[name].implementation().TABLES.items()}
 
 
-def xmins(url: str) -> dict[str, list]:
-    with psycopg.connect(url) as conn:
+def xmins(url: str, data: Path) -> dict[str, list]:
+    with pg_connect(url, data) as conn:
         return {t: conn.execute(f"SELECT xmin::text FROM {t} ORDER BY 1").fetchall()  # noqa: S608 - fixed names
                 for t in ("movies", "users", "media_metadata", "media_embeddings", "catalog_embeddings")}
 
@@ -91,7 +91,7 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
             store.close()
     assert any("IVF_FLAT" in line and "Milvus Lite takes" in line for line in logs)  # the index it chose, said
     # Every value arrives intact: the type's own fields as JSON without nulls, timestamps, arrays, vectors.
-    with psycopg.connect(pg_url) as conn:
+    with pg_connect(pg_url, data) as conn:
         register_vector(conn)
         stored = {row[0]: row[1:] for row in conn.execute(
             "SELECT id, tags, creation_date, file_size, type_specific_data FROM media_metadata").fetchall()}
@@ -103,8 +103,8 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
     with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
         for item, vector in zip(f["ids"][:], f["embeddings"][:]):
             assert np.array_equal(stored_vectors[item.decode()].to_numpy(), vector)
-    before = xmins(pg_url)
-    with psycopg.connect(pg_url) as conn:
+    before = xmins(pg_url, data)
+    with pg_connect(pg_url, data) as conn:
         index_oid = conn.execute("SELECT 'media_embeddings_hnsw'::regclass::oid").fetchone()[0]
 
     # Unchanged inputs: the load is skipped; forced (state removed), it still writes nothing.
@@ -113,8 +113,8 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
         (data / "stores" / f"{name}.state.json").unlink()
         summary = load_store(settings_for(data), name, logs.append)
         assert all(t["written"] == 0 and t["deleted"] == 0 for t in summary["tables"].values()), summary
-    assert xmins(pg_url) == before
-    with psycopg.connect(pg_url) as conn:
+    assert xmins(pg_url, data) == before
+    with pg_connect(pg_url, data) as conn:
         assert conn.execute("SELECT 'media_embeddings_hnsw'::regclass::oid").fetchone()[0] == index_oid
 
     # One movie's vector changes, one catalog item is removed from the source.
@@ -149,7 +149,7 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
             assert store.counts() == source_counts(data, name)
         finally:
             store.close()
-    after = xmins(pg_url)
+    after = xmins(pg_url, data)
     assert after["movies"] == before["movies"] and after["users"] == before["users"]  # untouched tables stay
 
 
@@ -275,7 +275,7 @@ def test_reconciliation_names_a_planted_missing_id_and_a_wiped_row_is_reloaded(s
     data = store_data
     load_store(settings_for(data), "postgres", print)
     victim = h5_ids(VECTOR_SETS["media"].path(data))[42]
-    with psycopg.connect(pg_url) as conn:
+    with pg_connect(pg_url, data) as conn:
         conn.execute("DELETE FROM media_embeddings WHERE id = %s", (victim,))
     with pytest.raises(ReconciliationFailed, match=f"postgres media_embeddings: 1 source ids missing \\(e.g. {victim}\\)"):
         recheck_stores(data)

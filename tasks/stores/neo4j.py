@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +37,7 @@ import polars as pl
 from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
-from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, safe_url
+from tasks.stores.base import Hit, Log, Query, TableLoad, safe_url, unreachable
 from tasks.stores.sources import StaleInputs
 
 BATCH = 10_000  # rows per UNWIND: larger batches were not faster over Bolt (store-load-probes)
@@ -279,6 +280,9 @@ def write_local_import(nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataF
     return out / "config.json"
 
 
+DATASET_LABEL = "PipelineDataset"  # one node: the data dir whose dataset this database holds
+
+
 def _constraint(node: NodeSet) -> str:
     return f"{node.label.lower()}_{node.key}"
 
@@ -302,10 +306,31 @@ class Neo4jStore:
             self.driver.verify_connectivity()
         except (ServiceUnavailable, AuthError, OSError) as exc:
             self.driver.close()
-            raise StoreUnavailable(f"neo4j at {self.url} is unreachable: {exc}") from exc
+            raise unreachable("neo4j", self.url, exc, self.local, "MG_NEO4J_URL") from exc
 
     def target(self) -> str:
         return f"{self.url} database {self.database}"
+
+    # --- which dataset -----------------------------------------------------------------------------
+
+    def holder(self) -> str | None:
+        from neo4j.exceptions import ClientError
+
+        try:
+            rows = self.query(f"MATCH (d:{DATASET_LABEL}) RETURN d.origin AS origin")
+        except ClientError as exc:
+            if exc.code and exc.code.endswith("DatabaseNotFound"):  # the local server: not loaded yet
+                return None
+            raise
+        return rows[0]["origin"] if rows else None
+
+    def claim(self, origin: str) -> None:
+        if self.local:  # the local server keeps each dataset in its own database
+            from tasks.services import neo4j as neo4j_server
+
+            neo4j_server.create_database(self.settings)
+        self.query(f"MERGE (d:{DATASET_LABEL} {{key: 'dataset'}}) SET d.origin = $origin, d.host = $host",
+                   origin=origin, host=socket.gethostname())
 
     def query(self, cypher: str, **params) -> list[dict]:
         # Labels, types and property names in the statements are this module's constants; values
@@ -442,6 +467,7 @@ class Neo4jStore:
             services.start(self.settings, ["neo4j"])
             self._connect(self.settings.neo4j_target()[0])
         log(f"neo4j: bulk import done in {time.perf_counter() - started:.1f} s; checking it over Bolt")
+        self.claim(self.settings.dataset_origin)  # the imported database replaced the claimed one
         self.create_schema(data)
 
     def _sync_edges(self, edge: EdgeSet, source: pl.DataFrame, starts: pl.Series, log: Log) -> TableLoad:

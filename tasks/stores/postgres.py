@@ -24,6 +24,7 @@ Searches use hnsw.ef_search EF_SEARCH and iterative scans, so a filter does not 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ import pyarrow as pa
 
 from tasks.progress import Progress
 from tasks.settings import Settings
-from tasks.stores.base import Hit, Log, Query, StoreUnavailable, TableLoad, ordered, safe_url, sample_ids, self_misses
+from tasks.stores.base import Hit, Log, Query, TableLoad, ordered, safe_url, sample_ids, self_misses, unreachable
 from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 64, 100
@@ -150,15 +151,36 @@ class PostgresStore:
 
         self.local = settings.local_postgres
         self.url = safe_url(settings.postgres_dsn())
+        self.schema = settings.dataset_namespace  # one schema per dataset
         try:
             self.conn = psycopg.connect(settings.postgres_dsn(), connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"postgres at {self.url} is unreachable: {str(exc).strip()}") from exc
-        self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            raise unreachable("postgres", self.url, exc, self.local, "MG_POSTGRES_URL") from exc
+        self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")  # in public, shared by every dataset
+        # Unqualified names are the dataset's own tables; pgvector's types come from public.
+        self.conn.execute("SELECT set_config('search_path', %s, false)", (f'"{self.schema}", public',))
         register_vector(self.conn)
 
     def target(self) -> str:
-        return self.url
+        return f"{self.url} schema {self.schema}"
+
+    # --- which dataset -----------------------------------------------------------------------------
+
+    def holder(self) -> str | None:
+        if self.conn.execute("SELECT to_regclass('mg_dataset')").fetchone()[0] is None:
+            return None
+        row = self.conn.execute("SELECT origin FROM mg_dataset").fetchone()
+        return row[0] if row else None
+
+    def claim(self, origin: str) -> None:
+        from psycopg import sql
+
+        with self.conn.transaction():
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            self.conn.execute("CREATE TABLE IF NOT EXISTS mg_dataset (origin text NOT NULL, host text, "
+                              "claimed_at timestamptz NOT NULL DEFAULT now())")
+            self.conn.execute("DELETE FROM mg_dataset")
+            self.conn.execute("INSERT INTO mg_dataset (origin, host) VALUES (%s, %s)", (origin, socket.gethostname()))
 
     # --- schema ------------------------------------------------------------------------------------
 
@@ -202,6 +224,9 @@ class PostgresStore:
                 "embedding": f"vector({h5_dim(vector_set.path(data))})"}
 
     def create_schema(self, data: Path) -> None:
+        from psycopg import sql
+
+        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
         for table in TABLES_RELATIONAL:
             if (Path(data) / table.file).exists():
                 self._ensure(table.name, self._relational_columns(table, data), table.key)

@@ -1,7 +1,7 @@
 """AgentDB benchmark at 25m scale: the ratings to episodes, sessions, replay buffers and SQLite shards
 (the load stage for the agentdb store), against the seed's per-user pandas loop and JSONL writer.
 
-    python benchmarks/agentdb.py [--slice-users 10]
+    python benchmarks/agentdb.py [--slice-users 10] [--scale 25m|small]
 
 Data: the 25m-scale ingest that benchmarks/ingest.py leaves in benchmarks/.cache/out-ours (25M
 ratings, 162,541 users), the project's synthetic users for those ids, and random unit user vectors
@@ -32,10 +32,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, child_or_prepare, compare, cpu_model, run_child, timed_load  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    CACHE, SCALES, child_or_prepare, compare, cpu_model, ingested, run_child, timed_load)
 
-DATA = CACHE / "agentdb-data-25m"
+DATA = CACHE / "agentdb-data-25m"  # per --scale
 SEED_OUT = CACHE / "agentdb-seed-out"
+SCALE = "25m"
 
 
 def prepare() -> Path:
@@ -49,9 +51,7 @@ def prepare() -> Path:
     marker = DATA / "benchmark.json"
     if marker.exists():
         return DATA
-    ratings = CACHE / "out-ours" / "ratings.parquet"
-    if not ratings.exists():
-        raise SystemExit(f"{ratings}: no 25m-scale ingest; run benchmarks/ingest.py first")
+    ratings = ingested(SCALE) / "ratings.parquet"
     shutil.rmtree(DATA, ignore_errors=True)
     for folder in ("processed", "synthetic", "embeddings"):
         (DATA / folder).mkdir(parents=True)
@@ -155,14 +155,17 @@ def seed(slice_percent: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slice-users", type=int, default=10, help="percent of the users the seed's method runs on")
+    parser.add_argument("--scale", default="25m", choices=SCALES, help="small: the tests' smoke run")
     parser.add_argument("--child", nargs=1, metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DATA, SCALE
+    DATA, SCALE = CACHE / f"agentdb-data-{args.scale}", args.scale
     children = {"ours": ours, "open": open_shards, "seed": lambda: seed(args.slice_users)}
     if child_or_prepare(args.child and args.child[0], children, prepare):
         return
-    mine = run_child(__file__, "ours")
-    opened = run_child(__file__, "open")
-    baseline = run_child(__file__, "seed", "--slice-users", str(args.slice_users))
+    mine = run_child(__file__, "ours", "--scale", args.scale)
+    opened = run_child(__file__, "open", "--scale", args.scale)
+    baseline = run_child(__file__, "seed", "--slice-users", str(args.slice_users), "--scale", args.scale)
     scale = 100 / args.slice_users
     scaled = {**baseline, "seconds": round(baseline["seconds"] * scale, 1), "cpu_s": round(baseline["cpu_s"] * scale, 1),
               "peak_rss_mb": round(baseline["peak_rss_mb"] * scale)}

@@ -21,6 +21,28 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
+SCALES = ("25m", "small")  # small: the smoke runs of the tests, the same code paths in seconds
+
+
+def ingested(scale: str) -> Path:
+    """processed/ of a generated release: at 25m what benchmarks/ingest.py leaves in .cache/out-ours;
+    small (100,836 ratings, 610 users) generated and ingested here in seconds."""
+    if scale == "25m":
+        out = CACHE / "out-ours"
+        if not (out / "ratings.parquet").exists():
+            raise SystemExit(f"{out}: no 25m-scale ingest; run benchmarks/ingest.py first")
+        return out
+    from tasks.ingest.movielens import ingest_release
+    from tasks.ingest.sample import generate
+
+    out, release = CACHE / "out-ours-small", CACHE / "ml-small-seed42"
+    if not (out / "stats.json").exists():
+        if not (release / "README.txt").exists():
+            generate("small", release, seed=42)
+        ingest_release(release, out)
+    return out
+
+
 def own_peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM), which exec resets, unlike ru_maxrss."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -1,7 +1,7 @@
 """Graph benchmark at 25m scale: the whole knowledge graph into the local Bolt server (ArcadeDB), our
 load against the seed's Cypher on the same server, then the explainability queries.
 
-    python benchmarks/neo4j_store.py [--slice 100000] [--queries 200]
+    python benchmarks/neo4j_store.py [--slice 100000] [--queries 200] [--scale 25m|small]
 
 Data: the 25m-scale ingest that benchmarks/ingest.py leaves in benchmarks/.cache/out-ours (25M
 ratings, tags, genome), the project's own synthetic users (one per rating user), platforms and
@@ -36,10 +36,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, child_or_prepare, cpu_model, run_child, timed_load  # noqa: E402
+from benchmarks.common import CACHE, SCALES, child_or_prepare, cpu_model, ingested, run_child, timed_load  # noqa: E402
 
 DATA = CACHE / "graph-data-25m"
 SERVICES = CACHE / "neo4j-services"
+SCALE = "25m"  # DATA and SERVICES follow --scale
 SLICE_TYPE = "RATED_SLICE"
 
 
@@ -60,20 +61,19 @@ def prepare() -> Path:
     marker = DATA / "benchmark.json"
     if marker.exists():
         return DATA
-    ingested = CACHE / "out-ours"
-    if not (ingested / "ratings.parquet").exists():
-        raise SystemExit(f"{ingested}: no 25m-scale ingest; run benchmarks/ingest.py first")
+    source = ingested(SCALE)
     shutil.rmtree(DATA, ignore_errors=True)
     (DATA / "processed").mkdir(parents=True)
     for name in ("movies", "ratings", "tags", "genome_scores", "genome_tags"):
-        os.link(ingested / f"{name}.parquet", DATA / "processed" / f"{name}.parquet")
-    users = pl.scan_parquet(ingested / "ratings.parquet").select(pl.col("user_id").unique().sort()).collect()
+        if (source / f"{name}.parquet").exists():  # a small release has no genome
+            os.link(source / f"{name}.parquet", DATA / "processed" / f"{name}.parquet")
+    users = pl.scan_parquet(source / "ratings.parquet").select(pl.col("user_id").unique().sort()).collect()
     synthetic = DATA / "synthetic"
     profiles(users["user_id"].to_numpy(), 42).write_parquet(synthetic / "users.parquet", mkdir=True)
     build_platforms(synthetic / "platforms.parquet")
     media = pl.read_parquet(DATA / "processed" / "movies.parquet", columns=["media_id"])["media_id"].to_list()
     availability(media).write_parquet(synthetic / "availability.parquet")
-    marker.write_text(json.dumps({"source": str(ingested)}))
+    marker.write_text(json.dumps({"source": str(source)}))
     return DATA
 
 
@@ -101,7 +101,9 @@ def start_server(fresh: bool) -> None:
 def server_rss_mb() -> int:
     import psutil
 
-    record = json.loads((SERVICES / "graph.json").read_text())
+    from tasks.services.supervise import _record_path
+
+    record = json.loads(_record_path(settings(), "neo4j").read_text())
     return round(psutil.Process(record["pid"]).memory_info().rss / 2**20)
 
 
@@ -187,8 +189,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slice", type=int, default=100_000, help="RATED rows for the Bolt and seed rates")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--scale", default="25m", choices=SCALES, help="small: the tests' smoke run")
     parser.add_argument("--child", nargs=1, metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DATA, SERVICES, SCALE
+    DATA, SERVICES, SCALE = CACHE / f"graph-data-{args.scale}", CACHE / f"neo4j-services-{args.scale}", args.scale
     children = {"ours": ours, "bolt": lambda: slice_load(args.slice, 10_000, OURS_BOLT),
                 "seed": lambda: slice_load(args.slice, 1_000, SEED), "explain": lambda: explain_latency(args.queries)}
     if child_or_prepare(args.child and args.child[0], children, prepare):
@@ -196,10 +201,11 @@ def main() -> None:
     start_server(fresh=True)
     script = str(Path(__file__).resolve())
     try:
-        ours_figures = run_child(script, "ours", "--slice", str(args.slice))
-        bolt = run_child(script, "bolt", "--slice", str(args.slice))
-        seed = run_child(script, "seed", "--slice", str(args.slice))
-        found = run_child(script, "explain", "--queries", str(args.queries))
+        scale = ("--scale", args.scale)
+        ours_figures = run_child(script, "ours", "--slice", str(args.slice), *scale)
+        bolt = run_child(script, "bolt", "--slice", str(args.slice), *scale)
+        seed = run_child(script, "seed", "--slice", str(args.slice), *scale)
+        found = run_child(script, "explain", "--queries", str(args.queries), *scale)
     finally:
         from tasks import services
 

@@ -35,9 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, ROOT, cpu_model, free_port  # noqa: E402
+from benchmarks.common import CACHE, ROOT, SCALES, cpu_model, free_port  # noqa: E402
 
-RELEASE = CACHE / "ml-25m-seed42"
 WORK = CACHE / "refresh"
 NEW_RATINGS = 3  # ratings the changed user adds
 
@@ -123,11 +122,12 @@ def _postgres(settings) -> dict:
     import psycopg
 
     sql = ("SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables "
-           "WHERE schemaname = 'public' ORDER BY relname")
+           "WHERE schemaname = %s AND relname <> 'mg_dataset' ORDER BY relname")  # the dataset's own tables
     previous = None
     for _ in range(20):  # a load's backend reports its counters as it exits: wait until they settle
         with psycopg.connect(settings.postgres_dsn()) as conn:
-            now = {r[0]: {"inserted": r[1], "updated": r[2], "deleted": r[3]} for r in conn.execute(sql)}
+            now = {r[0]: {"inserted": r[1], "updated": r[2], "deleted": r[3]}
+                   for r in conn.execute(sql, (settings.dataset_namespace,))}
         if now == previous:
             return now
         previous = now
@@ -257,7 +257,7 @@ def still_holding(settings, item: str) -> list[str]:
     from tasks.stores import STORES
 
     found = []
-    with psycopg.connect(settings.postgres_dsn()) as conn:
+    with psycopg.connect(settings.postgres_dsn(), options=f"-c search_path={settings.dataset_namespace}") as conn:
         for table in ("media_metadata", "catalog_embeddings"):
             query = sql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(sql.Identifier(table))
             if conn.execute(query, (item,)).fetchone()[0]:
@@ -334,18 +334,23 @@ def run_flow(settings, release: Path, catalog_size: int, label: str, *flags: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--release", type=Path, default=RELEASE, help="the base release (default: the 25m-scale one)")
+    parser.add_argument("--release", type=Path, help="the base release (default: the generated one of --scale)")
+    parser.add_argument("--scale", default="25m", choices=SCALES, help="small: the tests' smoke run")
     parser.add_argument("--catalog-size", type=int, default=10_000)
     parser.add_argument("--skip-validate", action="store_true",
                         help="pass --skip-validate to every run (the same for the full run and the refreshes)")
     args = parser.parse_args()
     flags = ["--skip-validate"] if args.skip_validate else []
+    global WORK
+    WORK = CACHE / ("refresh" if args.scale == "25m" else f"refresh-{args.scale}")
+    generated = CACHE / f"ml-{args.scale}-seed42"
+    args.release = args.release or generated
     if not (args.release / "ratings.csv").exists():
-        if args.release != RELEASE:
+        if args.release != generated:
             raise SystemExit(f"{args.release}: no ratings.csv there")
         from tasks.ingest.sample import generate
 
-        generate("25m", RELEASE, seed=42)  # as benchmarks/ingest.py makes it
+        generate(args.scale, generated, seed=42)  # as benchmarks/ingest.py makes it
     print(f"CPU: {cpu_model()}", flush=True)
     from tasks import services
 

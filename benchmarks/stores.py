@@ -166,12 +166,12 @@ def stop_postgres() -> None:
 def reset_stores(data: Path) -> None:
     """An empty start: no tables, no Milvus file, no load state."""
     import psycopg
+    from psycopg import sql
 
-    from tasks.stores.postgres import EMBEDDINGS, TABLES_RELATIONAL
-
-    with psycopg.connect(settings(data).postgres_dsn(), autocommit=True) as conn:
-        for table in [t.name for t in TABLES_RELATIONAL] + list(EMBEDDINGS) + ["seed_catalog"]:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")  # noqa: S608 - fixed names
+    config = settings(data)
+    with psycopg.connect(config.postgres_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.dataset_namespace)))
+        conn.execute("DROP TABLE IF EXISTS seed_catalog")
     for path in (data / "milvus.db", data / "milvus-seed.db", data / "stores"):
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
@@ -207,6 +207,7 @@ def ours(data: Path) -> dict:
     figures = {}
     for name in SWEEP:
         store = STORES[name].open(config)
+        store.claim(config.dataset_origin)  # as the load stage does first
         started = time.perf_counter()
         report = store.load(data, log)
         loaded = time.perf_counter()

@@ -49,16 +49,16 @@ def ratings_input(users: int, movies: int) -> tuple[Path, Path]:
 def ours_users_availability(users: int, movies: int) -> dict:
     import polars as pl
 
-    from tasks.synthetic.datasets import _write, availability, profiles, rating_summary
+    from tasks.synthetic.datasets import availability, profiles, rating_summary, write_parquet
 
     ratings, movie_file = ratings_input(users, movies)
     started = time.perf_counter()
     summary = rating_summary(ratings, movie_file)
     frame = profiles(summary["user_id"].to_numpy(), 42).join(summary, on="user_id")
-    _write(frame, CACHE / "synthetic-out" / "users.parquet")
+    write_parquet(frame, CACHE / "synthetic-out" / "users.parquet")
     media_ids = pl.read_parquet(movie_file, columns=["media_id"])["media_id"].to_list()
     listings = availability(media_ids)
-    _write(listings, CACHE / "synthetic-out" / "availability.parquet")
+    write_parquet(listings, CACHE / "synthetic-out" / "availability.parquet")
     return {"users": frame.height, "listings": listings.height, "timed_s": round(time.perf_counter() - started, 2)}
 
 

@@ -1,7 +1,7 @@
 """Validation benchmark: our suites on the 25m-scale processed data, against GX checking the
 ratings row by row on a pandas frame (the direct way), each in its own process.
 
-    python benchmarks/validate.py [--baseline-rows 5000000]
+    python benchmarks/validate.py [--baseline-rows 5000000] [--scale 25m|small]
 
 Needs benchmarks/.cache/out-ours (run benchmarks/ingest.py first). The baseline validates the first
 --baseline-rows ratings and is scaled to the full count. Last line: one JSON object. Target: 25M
@@ -17,34 +17,32 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
+from benchmarks.common import CACHE, SCALES, cpu_model, ingested, measure, run_child  # noqa: E402
 
 
-def data_dir() -> Path:
-    processed = CACHE / "out-ours"
-    if not (processed / "ratings.parquet").exists():
-        raise SystemExit(f"{processed} has no ratings.parquet: run benchmarks/ingest.py first")
-    data = CACHE / "validate-data"
+def data_dir(scale: str) -> Path:
+    processed = ingested(scale)
+    data = CACHE / f"validate-data-{scale}"
     if not (data / "processed").exists():
         data.mkdir(parents=True, exist_ok=True)
         (data / "processed").symlink_to(processed)
     return data
 
 
-def ours() -> dict:
+def ours(scale: str) -> dict:
     from tasks.validate.suites import load_suites, validate
 
     suites = [s for s in load_suites() if s["meta"]["dataset"].startswith("processed/")]
-    report = validate(data_dir(), suites, missing_ok=True)
-    shutil.rmtree(data_dir() / "reports", ignore_errors=True)
+    report = validate(data_dir(scale), suites, missing_ok=True)
+    shutil.rmtree(data_dir(scale) / "reports", ignore_errors=True)
     return {"suites": {s["suite"]: s["status"] for s in report["suites"]}}
 
 
-def baseline(rows: int) -> dict:
+def baseline(rows: int, scale: str) -> dict:
     import great_expectations as gx
     import polars as pl
 
-    data = data_dir()
+    data = data_dir(scale)
     frame = pl.read_parquet(data / "processed" / "ratings.parquet", n_rows=rows).to_pandas()
     movies = pl.read_parquet(data / "processed" / "movies.parquet", columns=["movie_id"])["movie_id"].to_list()
     context = gx.get_context(mode="ephemeral")
@@ -64,24 +62,27 @@ def baseline(rows: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-rows", type=int, default=5_000_000)
+    parser.add_argument("--scale", default="25m", choices=SCALES)
     parser.add_argument("--child")
     args = parser.parse_args()
     if args.child == "ours":
         import great_expectations  # noqa: F401 - imported before the clock starts
         import tasks.validate.suites  # noqa: F401
 
-        measure(ours)
+        measure(lambda: ours(args.scale))
         return
     if args.child == "baseline":
         import great_expectations  # noqa: F401
 
-        measure(lambda: baseline(args.baseline_rows))
+        measure(lambda: baseline(args.baseline_rows, args.scale))
         return
-    ours_fig = run_child(__file__, "ours")
-    base_fig = run_child(__file__, "baseline", "--baseline-rows", str(args.baseline_rows))
+    print(f"CPU: {cpu_model()}", flush=True)
+    data_dir(args.scale)  # made before the clocks start
+    ours_fig = run_child(__file__, "ours", "--scale", args.scale)
+    base_fig = run_child(__file__, "baseline", "--baseline-rows", str(args.baseline_rows), "--scale", args.scale)
     import polars as pl
 
-    total = pl.scan_parquet(data_dir() / "processed" / "ratings.parquet").select(pl.len()).collect().item()
+    total = pl.scan_parquet(data_dir(args.scale) / "processed" / "ratings.parquet").select(pl.len()).collect().item()
     scaled = base_fig["seconds"] * total / base_fig["rows"]
     scaled_cpu = base_fig["cpu_s"] * total / base_fig["rows"]
     print(json.dumps({"benchmark": "validate", "cpu": cpu_model(), "ratings": total, "wall_s": ours_fig["seconds"],

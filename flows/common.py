@@ -3,10 +3,10 @@ checks that can run before any stage, and one error path for every CLI."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -25,12 +25,18 @@ def load_settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
-def cli_settings(parser: argparse.ArgumentParser, **flags: Any) -> Settings:
-    """A CLI's settings; a bad flag or setting (environment, .env) is a usage error naming the field."""
+def cli_settings(**flags: Any) -> Settings:
+    """A CLI's settings; a bad flag or setting (environment, .env) is one `error:` line naming the
+    field, and exit 1, like every expected failure."""
+    from pydantic import ValidationError
+
+    from tasks.errors import bad_settings
+
     try:
         return load_settings(**flags)
-    except ValueError as exc:  # pydantic's ValidationError: names the field, never a secret value
-        parser.error(str(exc))
+    except ValidationError as exc:
+        print(f"error: {bad_settings(exc)}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def preflight(settings: Settings, source: str | None = None, embed: bool = False) -> None:

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="texts per encode call (default 256, MG_EMBED_BATCH_SIZE)")
     parser.add_argument("--no-catalog", action="store_true", help="do not embed the synthetic catalog")
     args = parser.parse_args(argv)
-    settings = cli_settings(parser, data_dir=args.data_dir, model=args.model, device=args.device,
+    settings = cli_settings(data_dir=args.data_dir, model=args.model, device=args.device,
                             embed_batch_size=args.batch_size)
 
     def run() -> int:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and not 1 <= args.limit <= 100:
         parser.error("--limit must be between 1 and 100")
-    settings = cli_settings(parser, data_dir=args.data_dir)
+    settings = cli_settings(data_dir=args.data_dir)
 
     def run() -> int:
         if args.user is not None:

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
     # Every check that needs no stage runs before Prefect starts: a bad value is an error here, not mid-run.
-    settings = cli_settings(parser, data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
+    settings = cli_settings(data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
                             device=args.device)
 
     def run() -> int:

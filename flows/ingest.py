@@ -41,7 +41,7 @@ def ingest_summary(stats: dict, source: str, out: Path) -> str:
     if rejected:
         reasons = "; ".join(f"{key}: " + ", ".join(f"{n:,} {reason}" for reason, n in by_reason.items())
                             for key, by_reason in stats["rejected"].items())
-        line += f"; {rejected:,} rows rejected ({reasons}) -> {out / 'rejected'}"
+        line += f"; {rejected:,} {'row' if rejected == 1 else 'rows'} rejected ({reasons}) -> {out / 'rejected'}"
     for warning in stats.get("release", {}).get("warnings", []):
         line += f"; warning: {warning}"
     return line
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
-    settings = cli_settings(parser, data_dir=args.data_dir)
+    settings = cli_settings(data_dir=args.data_dir)
 
     def run() -> int:
         preflight(settings, args.source)

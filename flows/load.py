@@ -24,7 +24,6 @@ from flows.summary import Summary, text
 from tasks.caching import result_storage
 from tasks.errors import PipelineError, run_cli
 from tasks.stores import STORES
-from tasks.stores.loading import reach_stores
 from tasks.stores.tasks import ensure_concurrency_limits, load_store_task
 from tasks.validate.tasks import validated
 
@@ -91,9 +90,7 @@ def load_flow(data_dir: str | None = None, skip_stores: list[StoreName] | None =
         skip_stores: stores not to load.
         replace: overwrite a store namespace that holds another data dir's dataset (else the load stops).
     """
-    settings = load_settings(data_dir=data_dir)
-    data = settings.data_dir
-    reach_stores(settings, wanted_stores(skip_stores), replace)
+    data = load_settings(data_dir=data_dir).data_dir
     summary = Summary(data)
     summary.concurrent(run_loads(data, skip_stores, replace))
     create_markdown_artifact(key="load-summary", markdown=summary.markdown("Loads"),
@@ -120,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="root of all pipeline files (default: data, or MG_DATA_DIR)")
     add_store_flags(parser)
     args = parser.parse_args(argv)
-    settings = cli_settings(parser, data_dir=args.data_dir)
+    settings = cli_settings(data_dir=args.data_dir)
 
     def run() -> int:
         with prefect_api(settings):

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give a query text or --like ITEM")
     if not 1 <= args.k <= 1000:
         parser.error("-k must be between 1 and 1000")
-    settings = cli_settings(parser, data_dir=args.data_dir)
+    settings = cli_settings(data_dir=args.data_dir)
 
     def run() -> int:
         hits = search(settings, args.text, args.like, args.store, type=args.type, genre=args.genre,

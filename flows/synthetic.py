@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", default="", help="comma-separated extra formats beside the Parquet: jsonl,csv")
     parser.add_argument("--template", help="catalog schema template (default: tasks/synthetic/schemas/media_catalog.yaml)")
     args = parser.parse_args(argv)
-    settings = cli_settings(parser, data_dir=args.data_dir, catalog_size=args.catalog_size)
+    settings = cli_settings(data_dir=args.data_dir, catalog_size=args.catalog_size)
     exports = [f for f in args.export.split(",") if f]
     unknown = set(exports) - {"jsonl", "csv"}
     if unknown:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--stage", choices=list(STAGE_DATASETS), help="only the suites of this stage's datasets")
     args = parser.parse_args(argv)
-    settings = cli_settings(parser, data_dir=args.data_dir)
+    settings = cli_settings(data_dir=args.data_dir)
 
     def run() -> int:
         with prefect_api(settings):

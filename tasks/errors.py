@@ -18,6 +18,13 @@ class MissingInput(PipelineError, FileNotFoundError):
     """A stage's input is absent: the message names it and the stage that makes it."""
 
 
+def bad_settings(exc) -> str:
+    """A pydantic ValidationError as one line: each field with what is wrong (never the value, which
+    may be a secret; never pydantic's link)."""
+    return "bad setting: " + "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                                       for e in exc.errors())
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Every CLI's error path: a PipelineError or a bad setting is one line on stderr and exit 1."""
     from pydantic import ValidationError
@@ -27,5 +34,5 @@ def run_cli(main: Callable[[], int | None]) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
     except ValidationError as exc:  # settings from the environment or .env: names the field, never the value
-        print(f"error: bad setting: {exc}", file=sys.stderr)
+        print(f"error: {bad_settings(exc)}", file=sys.stderr)
     return 1

@@ -190,8 +190,10 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     assert load_store(settings, "agentdb", lambda m: None)["status"] == "unchanged"
     assert shard_state(folder) == first
     # Deterministic: the same inputs elsewhere give the same bytes.
-    load_store(settings_for(store_data, tmp_path / "elsewhere"), "agentdb", lambda m: None)
-    assert {n: s[1] for n, s in shard_state(tmp_path / "elsewhere").items()} == {n: s[1] for n, s in first.items()}
+    elsewhere = settings_for(store_data, tmp_path / "elsewhere")
+    load_store(elsewhere, "agentdb", lambda m: None)
+    assert elsewhere.agentdb_target() == tmp_path / "elsewhere" / elsewhere.dataset_namespace  # a folder per dataset
+    assert {n: s[1] for n, s in shard_state(elsewhere.agentdb_target()).items()} == {n: s[1] for n, s in first.items()}
 
     # One user's new rating: in that user's shard only the user's session (its rows replaced, in step
     # order), and in the buffers the transitions that changed; the result is what a load from
@@ -212,8 +214,9 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     changed = {name for name in after if after[name] != first[name]}
     assert changed == {f"shard-{user // 100:05d}.sqlite", agentdb.BUFFER_FILE}
     new_rows = stored_rows(folder)
-    load_store(settings_for(store_data, tmp_path / "fresh"), "agentdb", lambda m: None)
-    assert new_rows == stored_rows(tmp_path / "fresh")
+    fresh = settings_for(store_data, tmp_path / "fresh")
+    load_store(fresh, "agentdb", lambda m: None)
+    assert new_rows == stored_rows(fresh.agentdb_target())
     session = f"user-{user}"
     user_steps = len(pl.read_parquet(store_data / episodes.EPISODES).filter(pl.col("user_id") == user))
     buffer_changes = sum(n for row, n in (new_rows - old_rows).items() if row[0] == agentdb.BUFFER_FILE
@@ -254,7 +257,8 @@ def test_an_unreadable_source_is_named_and_nothing_is_written(store_data):
             path.write_bytes(content)
         with pytest.raises(StaleInputs, match=f"{path}: {message}"):
             load_store(settings, "agentdb", lambda m: None)
-        assert not (store_data / "agentdb").exists() or not any((store_data / "agentdb").rglob("*.*"))
+        written = {p.name for p in (store_data / "agentdb").rglob("*.*")} if (store_data / "agentdb").exists() else set()
+        assert written <= {agentdb.DATASET_FILE}  # at most the claim of the namespace: no dataset, no shard
         ratings.write_bytes(whole)
         vectors.write_bytes(vector_bytes)
     # An extra, empty column is not read.

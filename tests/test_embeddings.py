@@ -316,3 +316,25 @@ def test_gpu_benchmark_runs_from_its_bundle_alone(tmp_path):
     assert minilm["min_cosine_vs_cpu_fp32"] > 0.999  # the fp16 weights agree with the fp32 reference
     assert minilm["non_embedding_params"] < 12_000_000 < 80_000_000 < bge["non_embedding_params"]  # L6-384, BERT-base
     assert figures["gpu_baseline_texts_per_s"] > 0 and figures["speedup"] == figures["gpu_speedup"] > 0
+
+
+def test_a_query_is_embedded_without_torch_as_the_embed_stage_embeds_it(model, tmp_path):
+    """Search embeds its text with numpy's BERT forward pass: the embed stage's vectors (cosine >=
+    0.9999, whatever precision the stage ran in), a text longer than the model's limit cut like
+    sentence-transformers cuts it, and no torch, sentence-transformers or Prefect imported."""
+    from tasks.embed.query import BertQueryEncoder, supported
+
+    path = model_path("all-MiniLM-L6-v2")
+    assert supported(path) and not supported(tmp_path)
+    queries = ["space adventure", "Ünïcode café: 東京の夜", " ".join(TEXTS) * 3, TEXTS[3]]
+    ours = np.stack([BertQueryEncoder(path).encode(q) for q in queries])
+    for reference in (model, load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")):
+        cosines = np.sum(ours * encode(reference, queries), axis=1)
+        assert cosines.min() >= 0.9999, cosines
+    code = ("import sys; from tasks.settings import Settings; from tasks.query.search import embed_query; "
+            "import flows.search; v = embed_query(Settings(_env_file=None), 'space adventure'); "
+            "print(len(v), sorted(m for m in ('torch', 'sentence_transformers', 'prefect', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == ["384", "[]"]

@@ -72,11 +72,15 @@ def test_bad_parameters_stop_before_the_first_stage(tmp_path, capsys):
     assert "nowhere: no such file or folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["--data-dir", str(data), "--model", "no-such-model"])
-    assert exit_info.value.code == 2 and "model 'no-such-model' is unknown" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "model 'no-such-model' is unknown" in err
+    assert err.startswith("error: bad setting: model: ") and len(err.strip().splitlines()) == 1
     for size in ("0", "-5"):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_info:
             main(["--data-dir", str(data), "--catalog-size", size])
-        assert "catalog_size" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.strip().splitlines() == [
+            "error: bad setting: catalog_size: Input should be greater than or equal to 1"]
     assert not data.exists()  # nothing ran
 
 

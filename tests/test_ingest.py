@@ -197,7 +197,8 @@ def test_file_level_problems_stop_with_the_file_named(tmp_path, change, message)
 def test_not_utf8_is_named(tmp_path):
     release = write_release(tmp_path / "rel")
     (release / "movies.csv").write_bytes(MOVIES.encode("utf-8") + "9,Am\xe9lie (2001),Comedy\n".encode("latin-1"))
-    with pytest.raises(IngestError, match=r"movies\.csv: not UTF-8"):
+    line = len(MOVIES.splitlines()) + 1
+    with pytest.raises(IngestError, match=rf"movies\.csv: line {line}: not UTF-8"):  # the line, not a byte offset
         ingest_release(release, tmp_path / "processed")
 
 
@@ -393,6 +394,14 @@ def test_not_utf8_deep_in_a_large_file_names_the_line(tmp_path):
     release = write_release(tmp_path / "rel")
     (release / "ratings.csv").write_bytes(BIG_RATINGS.encode() + b"7,1,4.0,96498\xe9703\n")
     with pytest.raises(IngestError, match=r"ratings\.csv: malformed CSV: line 20002: not UTF-8"):
+        ingest_release(release, tmp_path / "processed")
+
+
+def test_not_utf8_near_the_top_of_a_small_file_names_the_line_not_a_byte_offset(tmp_path):
+    release = write_release(tmp_path / "rel")
+    lines = RATINGS.encode().splitlines(keepends=True)
+    (release / "ratings.csv").write_bytes(b"".join(lines[:2]) + b"7,1,4.0,96498\xe9703\n" + b"".join(lines[2:]))
+    with pytest.raises(IngestError, match=r"ratings\.csv: line 3: not UTF-8 text \(invalid .* at byte 13 of the line\)"):
         ingest_release(release, tmp_path / "processed")
 
 

@@ -147,3 +147,21 @@ def test_postgres_starts_as_root_from_a_clone_in_a_private_folder(tmp_path, monk
             if path.parent == postgres_server.PUBLIC_DIR:
                 shutil.rmtree(path, ignore_errors=True)
         postgres_server.install_dir.cache_clear()
+
+
+def test_status_says_where_each_server_is_and_as_whom(tmp_path, monkeypatch, capsys):
+    from tasks.services.__main__ import main
+
+    ports = {"MG_POSTGRES_PORT": "51001", "MG_NEO4J_BOLT_PORT": "51002", "MG_NEO4J_HTTP_PORT": "51003",
+             "MG_PREFECT_PORT": "51004"}
+    for name, value in {**ports, "MG_SERVICES_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["status"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "stopped" in lines["postgres"] and "postgresql://mediagw@127.0.0.1:51001/mediagw" in lines["postgres"]
+    assert "bolt://127.0.0.1:51002" in lines["neo4j"] and "user root" in lines["neo4j"]
+    assert "http://127.0.0.1:51004" in lines["prefect"]
+    assert "mediagw-local" in lines["postgres"]  # the default, named as such; a password that was set never is
+    monkeypatch.setenv("MG_LOCAL_PASSWORD", "s3cret-set-here")
+    main(["status"])
+    assert "s3cret" not in capsys.readouterr().out

@@ -76,5 +76,7 @@ def test_cli_rejects_negative_size(capsys):
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--catalog-size", "-1"])
-    assert exit_info.value.code == 2
-    assert "catalog_size" in capsys.readouterr().err
+    assert exit_info.value.code == 1  # one `error:` line and exit 1, as the README promises
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad setting: catalog_size:") and "errors.pydantic.dev" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from pgvector.psycopg import register_vector
 from pymilvus.client import connection_manager
 
 from flows.search import main as search_main
+from tasks.ingest.movielens import natural_titles
 from tasks.query.search import SEARCHABLE
 from tasks.settings import Settings
 from tasks.stores import STORES
@@ -245,7 +246,8 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
         assert code == 0, err
         assert len(hits) == 5 and set(hits[0]) == {"id", "score", "title", "fields"}
         assert all("Comedy" in h["fields"]["genres"] and h["fields"]["year"] >= 1990 for h in hits)
-        assert hits[0]["title"] == movies.filter(pl.col("media_id") == hits[0]["id"])["title"][0]
+        stored = movies.filter(pl.col("media_id").is_in([h["id"] for h in hits]))
+        assert {h["title"] for h in hits} == set(natural_titles(stored["title"].to_list()))  # "The ...", not ", The"
         shown[name] = [h["id"] for h in hits]
         code, hits, err = cli("--like", "ml_1", "--store", name, "--year-to", "2000")
         assert code == 0, err
@@ -256,6 +258,18 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
     assert len(set(shown["milvus"]) & set(shown["postgres"])) >= 4, shown
     code, _, err = cli("jazz", "--type", "audio", "--genre", "Comedy")
     assert code == 1 and "--type filters the media catalog" in err
+    # Filter values in any case, a platform by its id or its name; a value the data lacks is named
+    # with the valid ones, never "no results".
+    code, lower, err = cli("space adventure", "--store", "postgres", "--genre", "comedy", "--on-platform", "NETFLIX")
+    assert code == 0, err
+    assert lower and all("Comedy" in h["fields"]["genres"] and "netflix" in h["fields"]["platforms"] for h in lower)
+    assert cli("space adventure", "--store", "postgres", "--on-platform", "Netflix")[0] == 0
+    for args, message in ((("--genre", "comdy"), "--genre 'comdy' is none of the values in"),
+                          (("--on-platform", "hulu"), "--on-platform 'hulu' is none of the values in"),
+                          (("--year-from", "2010", "--year-to", "1990"), "--year-from 2010 is after --year-to 1990")):
+        code, hits, err = cli("space adventure", *args)
+        assert code == 1 and message in err and not hits, (args, err)
+    assert "Comedy" in cli("x", "--genre", "comdy")[2] and "netflix" in cli("x", "--on-platform", "hulu")[2]
 
     # Reopened in the same process once its connection has gone idle (a worker; a load, then a check),
     # the Milvus Lite file is still reachable (pymilvus's shared connection was not: 30 s idle here).

@@ -170,8 +170,8 @@ def _check_header(path: Path, spec: CsvSpec) -> int:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             header = next(csv.reader(f), None)
-    except UnicodeDecodeError as exc:
-        raise IngestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except UnicodeDecodeError as exc:  # the decoder reads ahead: the bad byte may be lines below the header
+        raise IngestError(f"{path}: {_first_non_utf8_line(path) or f'not UTF-8 text ({exc.reason})'}") from exc
     expected = list(spec.columns)
     named = list(header or [])
     while named and not named[-1].strip():
@@ -311,13 +311,15 @@ def split_and_write(path: Path, spec: CsvSpec, checks: list[tuple[pl.Expr, str]]
     rows, a second pass writes them, numbered and with their raw text and reason, to `rejected_path`."""
     unnamed = _check_header(path, spec)
     widths = range(len(spec.columns), len(spec.columns) + unnamed + 1)  # named columns, up to the unnamed ones
-    check_field_counts(path, widths)
     frame = read_checked(path, spec, checks, unnamed_columns=unnamed)
     good = frame.filter(pl.col("reason").is_null()).drop("reason")
     counts = _collect([(transform(good) if transform else good).sink_parquet(out, lazy=True, **ZSTD),
                        frame.select(read=pl.len(), rejected=pl.col("reason").is_not_null().sum())], path, widths)[-1]
     read, rejected = counts.row(0)
     if rejected:
+        # Polars pads a short row with empty values, so a row cut short reads as a rejected row: only
+        # when some row was rejected is the file's every line counted (a clean file pays no pass).
+        check_field_counts(path, widths)
         numbered = read_checked(path, spec, checks, detailed=True, unnamed_columns=unnamed)
         _collect([numbered.filter(pl.col("reason").is_not_null()).select(
             pl.lit(spec.name).alias("file"), "row", "reason", *[f"raw_{c}" for c in spec.columns]

@@ -7,7 +7,7 @@ import sys
 
 from tasks.errors import run_cli
 from tasks.services import SERVICES, start, status, stop
-from tasks.settings import LOCAL_HOST, Settings
+from tasks.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         action = {"start": start, "stop": stop, "status": status}[args.action]
         result = action(settings, args.names or None)
         for name, state in result.items():
-            print(f"{name:9} {state}")
-        if args.action == "start" and "prefect" in result:
-            print(f"Prefect UI: http://{LOCAL_HOST}:{settings.prefect_port}")
+            print(f"{name:9} {state:8}  {SERVICES[name].address(settings)}")
         return 0
 
     return run_cli(run)

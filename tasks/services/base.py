@@ -40,6 +40,7 @@ class Service:
     name: str
     command: Callable[[Settings, Path], list[str]]
     ready: Callable[[Settings], bool]
+    address: Callable[[Settings], str]  # where clients reach it and as whom (never a password)
     prepare: Callable[[Settings, Path], None] = make_home
     after_start: Callable[[Settings], None] = nothing
     env: Callable[[Settings, Path], dict[str, str]] = no_env

@@ -80,4 +80,9 @@ def _ready(settings: Settings) -> bool:
         return False
 
 
-SERVICE = Service("neo4j", _command, _ready)
+def _address(settings: Settings) -> str:
+    return (f"bolt://{LOCAL_HOST}:{settings.neo4j_bolt_port} (HTTP http://{LOCAL_HOST}:{settings.neo4j_http_port}), "
+            "user root, password from MG_LOCAL_PASSWORD (default mediagw-local); a database per dataset")
+
+
+SERVICE = Service("neo4j", _command, _ready, _address)

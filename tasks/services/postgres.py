@@ -137,5 +137,10 @@ def _after_start(settings: Settings) -> None:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
-SERVICE = Service("postgres", _command, _ready, prepare=_prepare, after_start=_after_start,
+def _address(settings: Settings) -> str:
+    return (f"postgresql://mediagw@{LOCAL_HOST}:{settings.postgres_port}/mediagw, password from MG_LOCAL_PASSWORD "
+            "(default mediagw-local); a schema per dataset")
+
+
+SERVICE = Service("postgres", _command, _ready, _address, prepare=_prepare, after_start=_after_start,
                   stop_signal=signal.SIGINT, as_service_user=True)  # SIGINT = fast shutdown

@@ -28,4 +28,8 @@ def _ready(settings: Settings) -> bool:
         return False
 
 
-SERVICE = Service("prefect", _command, _ready, env=_env)
+def _address(settings: Settings) -> str:
+    return f"UI http://{LOCAL_HOST}:{settings.prefect_port}, API {settings.local_prefect_url}"
+
+
+SERVICE = Service("prefect", _command, _ready, _address, env=_env)

@@ -42,8 +42,8 @@ class StoreSpec:
 
 STORES: dict[str, StoreSpec] = {s.name: s for s in [
     StoreSpec("milvus", "movie, catalog and user vectors with their filter fields (Milvus)", searches=True),
-    StoreSpec("postgres", "every dataset as tables, and the vectors with HNSW indexes (PostgreSQL+pgvector)",
-              searches=True),
+    StoreSpec("postgres", "movies, users, platforms, availability and the catalog's metadata as tables, and the "
+                          "movie, catalog and user vectors with HNSW indexes (PostgreSQL+pgvector)", searches=True),
     StoreSpec("neo4j", "the knowledge graph: media, users, genres, tags, platforms (Neo4j or the local Bolt server)"),
     StoreSpec("agentdb", "RL episodes, policies, replay buffers and user state embeddings (AgentDB shards)"),
 ]}

@@ -21,6 +21,7 @@ SMOKE = {
     "neo4j_store": ["--scale", "small", "--slice", "2000", "--queries", "5"],
     "agentdb": ["--scale", "small", "--slice-users", "50"],
     "refresh": ["--scale", "small", "--catalog-size", "100", "--skip-validate"],
+    "search": ["--scale", "small", "--runs", "1"],
 }
 
 

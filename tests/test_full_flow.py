@@ -104,7 +104,7 @@ def test_bad_rows_through_the_full_flow(prefect_server, tmp_path):
     kept = subprocess.run([*common, "--max-reject-fraction", "0.5"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert kept.returncode == 0, kept.stderr[-2000:]
-    assert (f"1 rows rejected (ratings: 1 rating off the 0.5-5.0 half-star grid) -> "
+    assert (f"1 row rejected (ratings: 1 rating off the 0.5-5.0 half-star grid) -> "
             f"{tmp_path / 'data' / 'processed' / 'rejected'}") in kept.stdout
 
 

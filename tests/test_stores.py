@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -357,3 +358,27 @@ def test_a_closed_milvus_lite_file_is_free_for_other_processes_and_read_fresh(tm
         assert reopened.count("probe") == 9
     finally:
         reopened.close()
+
+
+def test_milvus_lite_reads_say_nothing_about_session_timestamps(tmp_path):
+    """Lite answers no session timestamp, so pymilvus warned "failed to get mvccTs" on every query
+    iterator (six lines a run); the store's reads fall back to the client's time silently."""
+    import logging
+
+    data = tmp_path / "data"
+    path = _embeddings_file(data / VECTOR_SETS["catalog"].h5, 30, 30, 4, 4)
+    pl.DataFrame({"id": [f"c{i}" for i in range(30)], "type": "video", "title": "t", "tags": [["a"]] * 30,
+                  "creation_date": [datetime(2020, 1, 1, tzinfo=timezone.utc)] * 30}).write_parquet(data / "synthetic" / "media_catalog.parquet", mkdir=True)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("pymilvus").addHandler(handler)  # pymilvus's own logger does not propagate
+    store = opened("milvus", data)
+    try:
+        store.claim(str(data.resolve()))
+        store.load(data, lambda m: None)
+        assert len(list(store.ids("catalog_vectors"))) == 30 == len(h5_ids(path))
+    finally:
+        store.close()
+        logging.getLogger("pymilvus").removeHandler(handler)
+    assert not [r.getMessage() for r in records if "mvccTs" in r.getMessage()]

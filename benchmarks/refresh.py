@@ -292,15 +292,15 @@ def services_settings():
 
     folder = WORK / "services"
     ports_file = folder / "ports.json"
-    if ports_file.exists():
-        ports = json.loads(ports_file.read_text())
-    else:
-        ports = {"postgres": free_port(), "bolt": free_port(), "http": free_port(), "prefect": free_port()}
+    ports = json.loads(ports_file.read_text()) if ports_file.exists() else {}
+    if "milvus" not in ports:
+        ports = {"postgres": free_port(), "bolt": free_port(), "http": free_port(), "prefect": free_port(),
+                 "milvus": free_port(), "milvus_http": free_port()}
         folder.mkdir(parents=True, exist_ok=True)
         ports_file.write_text(json.dumps(ports))
     settings = Settings(_env_file=None, data_dir=WORK / "data", services_dir=folder, postgres_port=ports["postgres"],
                         neo4j_bolt_port=ports["bolt"], neo4j_http_port=ports["http"], prefect_port=ports["prefect"],
-                        neo4j_heap="3g")
+                        milvus_port=ports["milvus"], milvus_http_port=ports["milvus_http"], neo4j_heap="3g")
     services.start(settings, list(services.SERVICES))
     return settings
 
@@ -309,6 +309,7 @@ def child_env(settings) -> dict:
     return {**os.environ, "MG_SERVICES_DIR": str(settings.services_dir), "MG_POSTGRES_PORT": str(settings.postgres_port),
             "MG_NEO4J_BOLT_PORT": str(settings.neo4j_bolt_port), "MG_NEO4J_HTTP_PORT": str(settings.neo4j_http_port),
             "MG_PREFECT_PORT": str(settings.prefect_port), "MG_NEO4J_HEAP": settings.neo4j_heap,
+            "MG_MILVUS_PORT": str(settings.milvus_port), "MG_MILVUS_HTTP_PORT": str(settings.milvus_http_port),
             "PREFECT_API_URL": settings.local_prefect_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 

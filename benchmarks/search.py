@@ -54,8 +54,9 @@ def settings(scale: str):
     from tasks.settings import Settings
 
     data, services_dir = paths(scale)
-    port = json.loads((services_dir / "ports.json").read_text())["postgres"]
-    return Settings(_env_file=None, data_dir=data, services_dir=services_dir, postgres_port=port)
+    ports = json.loads((services_dir / "ports.json").read_text())
+    return Settings(_env_file=None, data_dir=data, services_dir=services_dir, postgres_port=ports["postgres"],
+                    milvus_port=ports["milvus"], milvus_http_port=ports["milvus_http"])
 
 
 def prepare(scale: str) -> Path:
@@ -82,9 +83,9 @@ def prepare(scale: str) -> Path:
     services_dir.mkdir(parents=True, exist_ok=True)
     services_dir.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
     ports = services_dir / "ports.json"
-    if not ports.exists():
-        ports.write_text(json.dumps({"postgres": free_port()}))
-    services.start(settings(scale), ["postgres"])
+    if not ports.exists() or "milvus" not in json.loads(ports.read_text()):
+        ports.write_text(json.dumps({"postgres": free_port(), "milvus": free_port(), "milvus_http": free_port()}))
+    services.start(settings(scale), ["postgres", "milvus"])
     for store in STORES:
         load_store(settings(scale), store, lambda m: None)
     return data
@@ -119,7 +120,8 @@ def main() -> None:
     print(f"CPU: {cpu_model()}", flush=True)
     data = prepare(args.scale)
     config = settings(args.scale)
-    env = {**os.environ, "MG_SERVICES_DIR": str(config.services_dir), "MG_POSTGRES_PORT": str(config.postgres_port)}
+    env = {**os.environ, "MG_SERVICES_DIR": str(config.services_dir), "MG_POSTGRES_PORT": str(config.postgres_port),
+           "MG_MILVUS_PORT": str(config.milvus_port), "MG_MILVUS_HTTP_PORT": str(config.milvus_http_port)}
     cli = [sys.executable, "-m", "flows.search", "--data-dir", str(data), "-k", "10"]
     figures, baseline = {}, {}
     try:
@@ -135,7 +137,7 @@ def main() -> None:
     finally:
         from tasks import services
 
-        services.stop(config, ["postgres"])
+        services.stop(config, ["postgres", "milvus"])
     slowest_text = max(figures[f"{s}_text"]["wall_s"] for s in STORES)
     slowest_like = max(figures[f"{s}_like"]["wall_s"] for s in STORES)
     ours = max((figures[f"{s}_text"] for s in STORES), key=lambda f: f["wall_s"])

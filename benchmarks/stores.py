@@ -8,8 +8,8 @@ Data: a data dir under benchmarks/.cache/ with the movies of the 25m-scale inges
 leaves them in .cache/out-ours; else a stand-in of the same size), the project's own synthetic users,
 availability and --catalog catalog items, and vectors at the model's dimension (384): the embed stage's
 files from --vectors-from when their counts match, else generated, clustered and normalised (the JSON
-says which). The load runs against a PostgreSQL the benchmark starts (tasks.services, its own port)
-and a Milvus Lite file.
+says which). The load runs against a PostgreSQL and a Milvus server the benchmark starts
+(tasks.services, their own ports).
 
 - ours: each store's load stage from an empty start (load, index builds, check and reconciliation),
   one store after the other in one process, so each rate is its own (the load flow runs them at
@@ -21,7 +21,7 @@ and a Milvus Lite file.
 - search: --queries held-out queries from the same clusters, unfiltered and filtered (type ==
   document, a tenth of the catalog), through each store's own `search`, after 20 warm-up queries;
   recall@10 against exact top-10 by numpy over the whole catalog matrix. PostgreSQL at
-  hnsw.ef_search 100 and 200, Milvus Lite at nprobe 64 and 128.
+  hnsw.ef_search 100 and 200, Milvus HNSW at ef 100 and 200.
 Last line: one JSON object. Targets (issue #11): PostgreSQL load >= 100k rows/s and >= 2x the seed's
 method, Milvus >= 2x; top-10 p99 <= 10 ms at recall@10 >= 0.95 per store, filtered and unfiltered;
 both stores, indexes included, <= 15 min; peak RSS of the load process <= 4 GB.
@@ -42,8 +42,9 @@ from benchmarks.common import CACHE, cpu_model, measure, run_child  # noqa: E402
 DIM = 384
 SEED_MILVUS_BATCH, SEED_PG_PAGE = 1_000, 10_000
 FILTER_TYPE = "document"
-SWEEP = {"postgres": ("EF_SEARCH", (100, 200)), "milvus": ("NPROBE", (64, 128))}
+SWEEP = {"postgres": ("EF_SEARCH", (100, 200)), "milvus": ("EF", (100, 200))}
 SERVICES = CACHE / "stores-services"
+SEED_NAMESPACE = "seed_baseline"  # the seeds' Milvus inserts go to a database of their own
 
 
 def data_dir(catalog: int) -> Path:
@@ -54,7 +55,8 @@ def settings(data: Path):
     from tasks.settings import Settings
 
     ports = json.loads((SERVICES / "ports.json").read_text())
-    return Settings(_env_file=None, data_dir=data, services_dir=SERVICES, postgres_port=ports["postgres"])
+    return Settings(_env_file=None, data_dir=data, services_dir=SERVICES, postgres_port=ports["postgres"],
+                    milvus_port=ports["milvus"], milvus_http_port=ports["milvus_http"])
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -138,29 +140,35 @@ def prepare(catalog: int, movies: int, users: int, vectors_from: Path | None) ->
     return data, source
 
 
-def start_postgres() -> None:
-    import socket
-
+def start_servers() -> None:
+    from benchmarks.common import free_port
     from tasks import services
-    from tasks.settings import Settings
 
     ports = SERVICES / "ports.json"
     SERVICES.mkdir(parents=True, exist_ok=True)
     SERVICES.chmod(0o755)  # PostgreSQL runs as its own user and must reach its data dir
-    if not ports.exists():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.write_text(json.dumps({"postgres": sock.getsockname()[1]}))
-    port = json.loads(ports.read_text())["postgres"]
-    services.start(Settings(_env_file=None, services_dir=SERVICES, postgres_port=port), ["postgres"])
+    if not ports.exists() or "milvus" not in json.loads(ports.read_text()):
+        ports.write_text(json.dumps({"postgres": free_port(), "milvus": free_port(), "milvus_http": free_port()}))
+    services.start(settings(CACHE), ["postgres", "milvus"])
 
 
-def stop_postgres() -> None:
+def stop_servers() -> None:
     from tasks import services
-    from tasks.settings import Settings
 
-    port = json.loads((SERVICES / "ports.json").read_text())["postgres"]
-    services.stop(Settings(_env_file=None, services_dir=SERVICES, postgres_port=port), ["postgres"])
+    services.stop(settings(CACHE), ["postgres", "milvus"])
+
+
+def drop_milvus_database(config) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=config.milvus_target())
+    if config.dataset_namespace in client.list_databases():
+        inside = MilvusClient(uri=config.milvus_target(), db_name=config.dataset_namespace)
+        for collection in inside.list_collections():
+            inside.drop_collection(collection)
+        inside.close()
+        client.drop_database(config.dataset_namespace)
+    client.close()
 
 
 def reset_stores(data: Path) -> None:
@@ -172,21 +180,22 @@ def reset_stores(data: Path) -> None:
     with psycopg.connect(config.postgres_dsn(), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(config.dataset_namespace)))
         conn.execute("DROP TABLE IF EXISTS seed_catalog")
-    for path in (data / "milvus.db", data / "milvus-seed.db", data / "stores"):
-        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    drop_milvus_database(config)
+    drop_milvus_database(config.model_copy(update={"namespace": SEED_NAMESPACE}))
+    shutil.rmtree(data / "stores", ignore_errors=True)
 
 
 # --- children ------------------------------------------------------------------------------------
 
-def milvus_server_peak_mb() -> int | None:
-    """Peak RSS of the Milvus Lite server process this process started (it is not in our own RSS)."""
-    import psutil
+def milvus_server_peak_mb(config) -> int | None:
+    """Peak RSS of the benchmark's Milvus server (another process: not in our own RSS)."""
+    from tasks.services.supervise import _recorded_process
 
-    for child in psutil.Process().children(recursive=True):
-        if "milvus" in child.name():
-            status = Path(f"/proc/{child.pid}/status").read_text()
-            return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) // 1024
-    return None
+    proc = _recorded_process(config, "milvus")
+    if proc is None:
+        return None
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) // 1024
 
 
 def ours(data: Path) -> dict:
@@ -220,7 +229,7 @@ def ours(data: Path) -> dict:
                          "index_s": round(index, 1), "check_s": round(checked - loaded, 1), "rows_written": written,
                          "rows_per_s": round(written / max(loaded - started - index, 1e-9)),
                          "tables": {t: r.rows for t, r in report.items()}}
-    figures["milvus_server_peak_rss_mb"] = milvus_server_peak_mb()
+    figures["milvus_server_peak_rss_mb"] = milvus_server_peak_mb(config)
     figures["index_build_s"] = index_seconds(events)
     figures["both_stores_s"] = round(sum(figures[name]["seconds"] for name in SWEEP), 1)
     for label in ("rerun_compared", "rerun_unchanged"):
@@ -258,7 +267,8 @@ def seed_milvus(data: Path, rows: int) -> dict:
     from tasks.stores.milvus import MilvusStore
 
     fields, vectors = catalog_rows(data, rows)
-    store = MilvusStore(settings(data).model_copy(update={"milvus_uri": str(data / "milvus-seed.db")}))
+    store = MilvusStore(settings(data).model_copy(update={"namespace": SEED_NAMESPACE}))
+    store.claim("seed baseline")
     store.create_schema(data)
     client: MilvusClient = store.client
     payload = [{**row, "digest": 0, "vector": vector} for row, vector in zip(fields.to_dicts(), vectors)]
@@ -387,7 +397,7 @@ def main() -> None:
     started = time.perf_counter()
     data, vectors = prepare(args.catalog, args.movies, args.users, args.vectors_from)
     print(f"data dir {data} ready in {time.perf_counter() - started:.0f} s (vectors: {vectors})", flush=True)
-    start_postgres()
+    start_servers()
     try:
         reset_stores(data)
         script = str(Path(__file__).resolve())
@@ -397,7 +407,7 @@ def main() -> None:
         seed_p = run_child(script, "seed-postgres", str(data), "--rows", str(rows))
         found = run_child(script, "search", str(data), "--queries", str(args.queries))
     finally:
-        stop_postgres()
+        stop_servers()
     result = summary(args, vectors, ours_figures, seed_m, seed_p, found)
     print(json.dumps(result))
 

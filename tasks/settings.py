@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     neo4j_user: str = "neo4j"
     neo4j_password: SecretStr | None = None
     neo4j_database: str = "neo4j"
-    milvus_uri: str | None = Field(None, description="http(s)://host:port of Milvus, or a Milvus Lite .db path")
+    milvus_uri: str | None = Field(None, description="http(s)://host:port of a Milvus server, or a Milvus Lite "
+                                                     ".db file (development only: it ignores the index it is given)")
     milvus_token: SecretStr | None = None
     agentdb_dir: Path | None = Field(None, description="Folder of the AgentDB shards (default DATA_DIR/agentdb/shards).")
     agentdb_users_per_shard: int = Field(
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
     postgres_port: int = Field(55432, ge=1, le=65535)
     neo4j_bolt_port: int = Field(57687, ge=1, le=65535)
     neo4j_http_port: int = Field(52480, ge=1, le=65535)
+    milvus_port: int = Field(59530, ge=1, le=65535)
+    milvus_http_port: int = Field(59091, ge=1, le=65535, description="the local Milvus's health and metrics port")
     prefect_port: int = Field(4200, ge=1, le=65535)
     # Prefect's own variable: when set, flows and the deploy script talk to that server, and no local
     # Prefect server is wanted.
@@ -151,6 +154,10 @@ class Settings(BaseSettings):
     def local_neo4j(self) -> bool:
         return self.neo4j_url is None
 
+    @property
+    def local_milvus(self) -> bool:
+        return self.milvus_uri is None
+
     def postgres_dsn(self) -> str:
         """Connection string, password included: pass it to a driver, never to a log."""
         if self.postgres_url is not None:
@@ -167,7 +174,7 @@ class Settings(BaseSettings):
             self.dataset_namespace
 
     def milvus_target(self) -> str:
-        return self.milvus_uri or str(self.data_dir / "milvus.db")
+        return self.milvus_uri or f"http://{LOCAL_HOST}:{self.milvus_port}"
 
     def agentdb_target(self) -> Path:
         if self.agentdb_dir is not None:  # a shared folder: one subfolder per dataset

@@ -47,6 +47,7 @@ def make_settings(base: Path, **overrides) -> Settings:
     values = dict(
         _env_file=None, services_dir=base / "services", data_dir=base / "data", postgres_port=free_port(),
         neo4j_bolt_port=free_port(), neo4j_http_port=free_port(), prefect_port=free_port(), neo4j_heap="1g",
+        milvus_port=free_port(), milvus_http_port=free_port(),
     )
     values.update(overrides)
     return Settings(**values)
@@ -104,6 +105,8 @@ def store_env(running_services: Settings, monkeypatch: pytest.MonkeyPatch) -> Se
     monkeypatch.setenv("MG_NEO4J_BOLT_PORT", str(running_services.neo4j_bolt_port))
     monkeypatch.setenv("MG_NEO4J_HTTP_PORT", str(running_services.neo4j_http_port))  # the graph's bulk path restarts it
     monkeypatch.setenv("MG_NEO4J_HEAP", running_services.neo4j_heap)
+    monkeypatch.setenv("MG_MILVUS_PORT", str(running_services.milvus_port))
+    monkeypatch.setenv("MG_MILVUS_HTTP_PORT", str(running_services.milvus_http_port))
     monkeypatch.setenv("MG_SERVICES_DIR", str(running_services.services_dir))
     return running_services
 

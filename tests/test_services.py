@@ -14,6 +14,7 @@ from pymilvus import MilvusClient
 
 from tasks import services
 from tasks.services.base import port_open
+from tasks.services import milvus as milvus_server
 from tasks.services import postgres as postgres_server
 from tasks.services.supervise import _recorded_process
 from tasks.settings import LOCAL_NEO4J_DATABASE
@@ -30,9 +31,9 @@ def fresh():
 
 
 def test_start_query_restart_noop_stop(fresh):
-    assert services.status(fresh) == {"postgres": "stopped", "neo4j": "stopped", "prefect": "stopped"}
-    assert services.start(fresh, list(services.SERVICES)) == {
-        "postgres": "started", "neo4j": "started", "prefect": "started"}
+    assert services.status(fresh) == dict.fromkeys(services.SERVICES, "stopped")
+    assert list(services.SERVICES) == ["postgres", "neo4j", "milvus", "prefect"]
+    assert services.start(fresh, list(services.SERVICES)) == dict.fromkeys(services.SERVICES, "started")
     pids = {name: _recorded_process(fresh, name).pid for name in services.SERVICES}
     # Servers write only under the services folder, never into the working directory.
     assert not (Path.cwd() / "log").exists() and (fresh.services_dir / "neo4j" / "log").is_dir()
@@ -57,6 +58,17 @@ def test_start_query_restart_noop_stop(fresh):
                                        key="k1", database_=database).records
         assert (records[0]["n"], records[0]["seen"]) == (1, 2)
 
+    # Milvus: the server of the `milvus` wheel, a real insert and search (HNSW, as the store builds).
+    client = MilvusClient(uri=fresh.milvus_target())
+    client.create_collection("probe", dimension=8, metric_type="COSINE", auto_id=False, id_type="int",
+                             consistency_level="Strong")
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    client.insert("probe", [{"id": i, "vector": v.tolist()} for i, v in enumerate(vectors)])
+    hits = client.search("probe", data=[vectors[17].tolist()], limit=3)[0]
+    assert hits[0]["id"] == 17 and hits[0]["distance"] == pytest.approx(1.0, abs=1e-4)
+    client.close()
+
     # Prefect: the health endpoint and a real API read.
     import httpx
 
@@ -67,9 +79,15 @@ def test_start_query_restart_noop_stop(fresh):
     assert set(services.start(fresh, list(services.SERVICES)).values()) == {"running"}
     assert {name: _recorded_process(fresh, name).pid for name in services.SERVICES} == pids
 
+    # As root, Milvus writes its PID file to /run/milvus: one of its own per local server (its alias).
+    pid_file = milvus_server.ROOT_RUN_DIR / f"standalone-{milvus_server._alias(fresh.services_dir / 'milvus')}.pid"
+    if os.geteuid() == 0:
+        assert pid_file.read_text().strip() == str(pids["milvus"])
+
     assert set(services.stop(fresh).values()) == {"stopped"}
-    assert services.status(fresh) == {"postgres": "stopped", "neo4j": "stopped", "prefect": "stopped"}
-    for port in (fresh.postgres_port, fresh.neo4j_bolt_port, fresh.prefect_port):
+    assert services.status(fresh) == dict.fromkeys(services.SERVICES, "stopped")
+    assert not pid_file.exists()
+    for port in (fresh.postgres_port, fresh.neo4j_bolt_port, fresh.milvus_port, fresh.prefect_port):
         assert not port_open(port)
 
 
@@ -98,14 +116,15 @@ def test_stop_ignores_a_reused_pid(fresh, tmp_path):
 
 def test_external_store_gets_no_local_server(monkeypatch):
     base = world_readable_tmpdir("mg-ext-")
-    external = dict(postgres_url="postgresql://u:p@db.example:5432/x", neo4j_url="bolt://graph.example:7687")
+    external = dict(postgres_url="postgresql://u:p@db.example:5432/x", neo4j_url="bolt://graph.example:7687",
+                    milvus_uri="http://vectors.example:19530")
     monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example/api")
     assert services.wanted(make_settings(base, **external)) == []
     monkeypatch.delenv("PREFECT_API_URL")
     assert services.wanted(make_settings(base, **external)) == ["prefect"]
 
 
-def test_milvus_lite_insert_and_search(tmp_path):
+def test_milvus_lite_insert_and_search(tmp_path):  # MG_MILVUS_URI=path.db: Lite, for development
     client = MilvusClient(str(tmp_path / "probe.db"))
     client.create_collection("probe", dimension=8, metric_type="COSINE", auto_id=False, id_type="int")
     rng = np.random.default_rng(0)

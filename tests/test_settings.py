@@ -21,10 +21,10 @@ def in_tmp(tmp_path, monkeypatch):
 def test_defaults_are_local():
     settings = Settings()
     assert settings.data_dir == Path("data")
-    assert settings.local_postgres and settings.local_neo4j
+    assert settings.local_postgres and settings.local_neo4j and settings.local_milvus
     assert settings.postgres_dsn().startswith("postgresql://mediagw:")
     assert settings.neo4j_target()[0] == f"bolt://127.0.0.1:{settings.neo4j_bolt_port}"
-    assert settings.milvus_target() == str(Path("data") / "milvus.db")
+    assert settings.milvus_target() == f"http://127.0.0.1:{settings.milvus_port}"  # the local server, not Lite
 
 
 def test_precedence_environment_then_dotenv_then_flags(monkeypatch, tmp_path):

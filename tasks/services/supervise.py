@@ -12,12 +12,13 @@ from pathlib import Path
 
 import psutil
 
-from tasks.services import neo4j, postgres, prefect
+from tasks.services import milvus, neo4j, postgres, prefect
 from tasks.services.base import Service, ServiceError, service_user
 from tasks.settings import Settings
 
 START_TIMEOUT_S = 90
-SERVICES: dict[str, Service] = {s.name: s for s in (postgres.SERVICE, neo4j.SERVICE, prefect.SERVICE)}
+SERVICES: dict[str, Service] = {s.name: s for s in (postgres.SERVICE, neo4j.SERVICE, milvus.SERVICE,
+                                                    prefect.SERVICE)}
 
 
 def prefect_api_url(settings: Settings) -> str | None:
@@ -37,6 +38,8 @@ def wanted(settings: Settings) -> list[str]:
         names.append("postgres")
     if settings.local_neo4j:
         names.append("neo4j")
+    if settings.local_milvus:
+        names.append("milvus")
     if settings.prefect_api_url in (None, settings.local_prefect_url):
         names.append("prefect")
     return names
@@ -131,12 +134,17 @@ def stop_one(settings: Settings, name: str) -> str:
     proc = _recorded_process(settings, name)
     if proc is None:
         return "stopped"
+    try:
+        SERVICES[name].before_stop(settings)
+    except Exception:  # noqa: BLE001 - stopping must not depend on the server answering
+        pass
     proc.send_signal(SERVICES[name].stop_signal)
     if not _exited(proc, 30):
         proc.kill()
         if not _exited(proc, 10):
             raise ServiceError(f"{name} (pid {proc.pid}) did not stop")
     _record_path(settings, name).unlink(missing_ok=True)
+    SERVICES[name].after_stop(settings)
     return "stopped"
 
 

@@ -1,16 +1,20 @@
 """Milvus: one collection per vector set, COSINE, with the fields searches filter on.
 
-- Local default: a Milvus Lite file (DATA_DIR/milvus.db). Lite 2.5 takes FLAT, IVF_FLAT and
-  AUTOINDEX only: IVF_FLAT, nlist ~ 4 sqrt(rows), searched with nprobe NPROBE. But Lite answers from
-  an interim IVF_FLAT_CC index (nlist 100) it builds when it loads, whatever is asked (its log:
-  VecIndexConfig): exact at the test sizes, recall@10 ~0.5 at the 1M catalog (benchmarks/stores.py).
-  A Milvus server (MG_MILVUS_URI=http://host:19530) gets HNSW M 16 / efConstruction 200, ef 100.
+- Local default: the Milvus server of `python -m tasks.services` (the `milvus` wheel's standalone
+  2.3.5), a database per dataset; any Milvus server is a URL (MG_MILVUS_URI=http://host:19530).
+  A server gets HNSW M 16 / efConstruction 200, searched with ef 100. Collections read with Strong
+  consistency: a load checks what it just wrote (under the default Bounded, a query right after an
+  upsert returned the old row).
+- Milvus Lite (MG_MILVUS_URI=path.db) still works, for development only: Lite 2.5 takes FLAT,
+  IVF_FLAT and AUTOINDEX: IVF_FLAT, nlist ~ 4 sqrt(rows), nprobe NPROBE, but it answers from an
+  interim IVF_FLAT_CC index (nlist 100) it builds when it loads, whatever is asked (its log:
+  VecIndexConfig): recall@10 ~0.5 at the 1M catalog (benchmarks/stores.py).
 - Idempotent: every row carries a digest of its fields and vector. A load reads the stored (id,
   digest) pairs, inserts new ids, upserts changed ones, deletes ids gone from the source; unchanged
   rows are not sent. Inserts go in INSERT_ROWS-row batches on Lite: measured here, Lite's server
   time per row grows with the batch (250 rows: 17-20k rows/s; 1,000: 6.5k; 5,000: 0.4k).
-- Filter values are written into the expression as JSON literals (strings) or ints: Lite 2.5
-  rejects expression templates (filter_params).
+- Filter values are written into the expression as JSON literals (strings) or ints: expression
+  templates (filter_params) came with Milvus 2.5; the local 2.3 server and Lite reject them.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ INPUTS = ("embeddings/media.h5", "embeddings/catalog.h5", "embeddings/users.h5",
           "synthetic/media_catalog.parquet", "synthetic/users.parquet", "synthetic/availability.parquet")
 
 HNSW = {"index_type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
-HNSW_SEARCH = {"ef": 100}
+EF = 100  # HNSW's search breadth on a server
 NPROBE = 64
 READ_ROWS = 20_000  # rows read from the files per step
 INSERT_ROWS = {"lite": 250, "server": 5_000}
@@ -91,19 +95,31 @@ class MilvusStore:
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         # A Lite file is the data dir's own; a server keeps each dataset in its own database.
         self.database = None if self.lite else settings.dataset_namespace
-        token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        self.local = settings.local_milvus
+        self.token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+        if not self.lite:
+            _reachable(self.uri, self.target(), self.local)
+        self.client = self._connect(None)
+        if self.lite:
+            with _LITE_LOCK:
+                _LITE_OPEN[self.uri] += 1
+        elif self.database in self.client.list_databases():
+            self._use_database()
+
+    def _connect(self, database: str | None) -> MilvusClient:
         try:
             # Its own connection: pymilvus shares one per URI and, once idle 30 s, "recovers" it by
             # reconnecting to a Milvus Lite server that closed with the last client: a store reopened
             # in the same process (a worker, a load then a check) failed as unreachable.
-            self.client = MilvusClient(uri=self.uri, token=token, timeout=30, dedicated=True)
+            return MilvusClient(uri=self.uri, token=self.token, timeout=30, dedicated=True, db_name=database or "")
         except (MilvusException, OSError) as exc:
-            raise unreachable("milvus", self.target(), exc, False, "MG_MILVUS_URI") from exc
-        if self.lite:
-            with _LITE_LOCK:
-                _LITE_OPEN[self.uri] += 1
-        if self.database and self.database in self.client.list_databases():
-            self.client.using_database(self.database)
+            raise unreachable("milvus", self.target(), exc, self.local, "MG_MILVUS_URI") from exc
+
+    def _use_database(self) -> None:
+        """A connection to the dataset's database (a new one: pymilvus's use_database asks the server
+        to describe it, which a 2.3 server cannot)."""
+        self.client.close()
+        self.client = self._connect(self.database)
 
     def target(self) -> str:
         where = f"Milvus Lite file {self.uri}" if self.lite else self.uri  # the token is never part of the URI
@@ -125,7 +141,7 @@ class MilvusStore:
         """One row in a small collection (Milvus Lite keeps neither descriptions nor properties)."""
         if not self._in_database():
             self.client.create_database(self.database)
-            self.client.using_database(self.database)
+            self._use_database()
         if not self.client.has_collection(DATASET_COLLECTION):
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=16)
@@ -179,7 +195,8 @@ class MilvusStore:
                     schema.add_field(name, DataType.INT32)
             schema.add_field("digest", DataType.INT64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            self.client.create_collection(collection, schema=schema)  # indexed after its first load
+            self.client.create_collection(collection, schema=schema,  # indexed after its first load
+                                          consistency_level="Strong")
 
     # --- load --------------------------------------------------------------------------------------
 
@@ -278,13 +295,17 @@ class MilvusStore:
             iterator.close()
 
     def vector(self, vector_set: str, item: str) -> list[float] | None:
+        if not self.client.has_collection(_collection(vector_set)):
+            return None
+        self.client.load_collection(_collection(vector_set))  # a server releases collections when it restarts
         rows = self.client.get(_collection(vector_set), ids=[item], output_fields=["vector"])
         return list(rows[0]["vector"]) if rows else None
 
     def search(self, query: Query) -> list[Hit]:
         collection = _collection(query.vector_set)
+        self.client.load_collection(collection)  # a no-op when loaded
         fields = list(VECTOR_SETS[query.vector_set].fields)
-        params = {"metric_type": "COSINE", "params": {"nprobe": NPROBE} if self.lite else HNSW_SEARCH}
+        params = {"metric_type": "COSINE", "params": {"nprobe": NPROBE} if self.lite else {"ef": max(EF, query.k + 1)}}
         # One extra row: ties at the k-th score are broken by id, like PostgreSQL's answer.
         found = self.client.search(collection, [query.vector], limit=query.k + 1, filter=filter_expression(query),
                                    output_fields=fields, search_params=params)[0]
@@ -320,6 +341,17 @@ class MilvusStore:
 
                     del _LITE_OPEN[self.uri]
                     server_manager_instance.release_server(self.uri)
+
+
+def _reachable(uri: str, where: str, local: bool) -> None:
+    """A refused connection fails in milliseconds, not after the client's 30 s of retries."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 19530), timeout=10).close()
+    except OSError as exc:
+        raise unreachable("milvus", where, exc, local, "MG_MILVUS_URI") from exc
 
 
 def _check_lists(fields, types: dict[str, str], collection: str) -> None:

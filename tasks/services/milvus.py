@@ -33,10 +33,10 @@ def _prepare(settings: Settings, home: Path) -> None:
 
     make_home(settings, home)
     _initialize_data_files(str(home))  # the binaries, unpacked once (checked by digest at every start)
-    config = MilvusServerConfig(data_dir=str(home), proxy_port=settings.milvus_port)
+    config = MilvusServerConfig(data_dir=str(home))
     # A Strong read waits for the next time tick: 200 ms by default, most of a one-query CLI run.
     config.set("proxy.timeTickInterval", TIME_TICK_MS)
-    config.resolve()  # writes home/configs/milvus.yaml: ports, etcd, storage and log folders under home
+    config.resolve()  # writes home/configs/milvus.yaml: free ports, etcd, storage and log folders under home
     # The embedded etcd's peer port is not in the wheel's template: 2380 for every server, so a
     # second local Milvus (the tests' beside `make run`'s) failed to start. Its own etcd config:
     etcd, peer = f"http://{LOCAL_HOST}:{config.get('etcd_port')}", f"http://{LOCAL_HOST}:{_free_port()}"
@@ -46,6 +46,9 @@ def _prepare(settings: Settings, home: Path) -> None:
     path = home / "configs" / "milvus.yaml"
     values = yaml.safe_load(path.read_text())
     values["etcd"]["config"] = {"path": str(home / "configs" / "etcd.yaml")}
+    # Our port, set here: the wheel's resolver test-binds a given port without SO_REUSEADDR, so a
+    # restart within a minute of a stop (clients' connections in TIME_WAIT) failed; the server can bind it.
+    values["proxy"]["port"] = settings.milvus_port
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     (home / "run").mkdir(exist_ok=True)
 

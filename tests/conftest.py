@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks import services
+from tasks.services.base import free_port  # noqa: F401 - the tests' one, imported from here
 from tasks.settings import Settings
 from tasks.stores import STORES
 
@@ -20,10 +20,6 @@ STORE_NAMES = list(STORES)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def world_readable_tmpdir(prefix: str) -> Path:

@@ -50,6 +50,13 @@ class Service:
     as_service_user: bool = False
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (the servers', the tests' and the benchmarks')."""
+    with socket.socket() as sock:
+        sock.bind((LOCAL_HOST, 0))
+        return sock.getsockname()[1]
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -11,20 +11,13 @@ ones above Milvus's defaults, chosen at each start.
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
-from tasks.services.base import Service, make_home
+from tasks.services.base import Service, free_port, make_home
 from tasks.settings import LOCAL_HOST, Settings
 
 TIME_TICK_MS = 50
 ROOT_RUN_DIR = Path("/run/milvus")  # where a root run writes its PID file, whatever MILVUS_RUN_DIR says
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCAL_HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _prepare(settings: Settings, home: Path) -> None:
@@ -39,7 +32,7 @@ def _prepare(settings: Settings, home: Path) -> None:
     config.resolve()  # writes home/configs/milvus.yaml: free ports, etcd, storage and log folders under home
     # The embedded etcd's peer port is not in the wheel's template: 2380 for every server, so a
     # second local Milvus (the tests' beside `make run`'s) failed to start. Its own etcd config:
-    etcd, peer = f"http://{LOCAL_HOST}:{config.get('etcd_port')}", f"http://{LOCAL_HOST}:{_free_port()}"
+    etcd, peer = f"http://{LOCAL_HOST}:{config.get('etcd_port')}", f"http://{LOCAL_HOST}:{free_port()}"
     (home / "configs" / "etcd.yaml").write_text(yaml.safe_dump({
         "name": "default", "listen-client-urls": etcd, "advertise-client-urls": etcd, "listen-peer-urls": peer,
         "initial-advertise-peer-urls": peer, "initial-cluster": f"default={peer}"}))
@@ -87,7 +80,10 @@ def _flush(settings: Settings) -> None:
     from pymilvus import MilvusClient
 
     uri = f"http://{LOCAL_HOST}:{settings.milvus_port}"
-    for database in MilvusClient(uri=uri, timeout=10).list_databases():
+    server = MilvusClient(uri=uri, timeout=10)
+    databases = server.list_databases()
+    server.close()
+    for database in databases:
         client = MilvusClient(uri=uri, timeout=30, db_name=database)
         try:
             for collection in client.list_collections():

@@ -93,6 +93,8 @@ def test_load_is_exact_idempotent_and_follows_changes(store_data, pg_url):
         finally:
             store.close()
     assert any("built HNSW M 16, efConstruction 200" in line for line in logs)  # the index it built, said
+    assert any(line.startswith("postgres catalog_embeddings_hnsw: ") and "read into shared buffers" in line
+               for line in logs)  # built, then prewarmed
     # Every value arrives intact: the type's own fields as JSON without nulls, timestamps, arrays, vectors.
     with pg_connect(pg_url, data) as conn:
         register_vector(conn)
@@ -201,6 +203,9 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
     genres = dict(zip(movies["media_id"], movies["genres"].to_list()))
     on_netflix = set(listings.filter(pl.col("platform_id") == "netflix")["media_id"])
     kind = dict(zip(catalog["id"], catalog["type"]))
+    made = dict(zip(catalog["id"], catalog["creation_date"].dt.year()))
+    documents = catalog.filter(pl.col("type") == "document")
+    busiest = documents["creation_date"].dt.year().mode().sort()[0]  # a type in one year: 1% at scale
     with h5py.File(VECTOR_SETS["media"].path(data), "r") as f:
         probe = f["embeddings"][11]
     with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
@@ -215,6 +220,9 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
          np.array([i in on_netflix for i in media_ids])),
         (Query(vector=catalog_probe.tolist(), vector_set="catalog", k=10, type="audio"),
          lambda i: kind[i] == "audio", np.array([kind[i] == "audio" for i in catalog_ids])),
+        (Query(vector=catalog_probe.tolist(), vector_set="catalog", k=3, type="document", year_from=busiest,
+               year_to=busiest), lambda i: kind[i] == "document" and made[i] == busiest,
+         np.array([kind[i] == "document" and made[i] == busiest for i in catalog_ids])),
         (Query(vector=probe.tolist(), k=10), lambda i: True, np.ones(len(media_ids), bool)),
     ]
     answers = {}
@@ -223,11 +231,11 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
         try:
             for n, (query, matches, keep) in enumerate(cases):
                 hits = store.search(query)
-                assert len(hits) == 10, (name, query)
+                assert len(hits) == query.k, (name, query)
                 assert all(matches(h.id) for h in hits), (name, query)
                 assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
                 vector = np.asarray(query.vector, np.float32)
-                truth = exact_top(data, query.vector_set, vector, keep, 10)
+                truth = exact_top(data, query.vector_set, vector, keep, query.k)
                 recall = len({h.id for h in hits} & set(truth)) / len(truth)
                 assert recall >= 0.9, (name, query, recall)
                 answers.setdefault(n, {})[name] = [h.id for h in hits]

@@ -17,8 +17,9 @@ so ~40 min for the 1M catalog, past the 15-min load budget; 64 builds about twic
 recall it costs (~0.03 at 250k) is bought back at query time with hnsw.ef_search (see
 benchmarks/stores.py for the measured trade-off). The index is built with
 maintenance_work_mem sized to hold the graph (rows x (4 d + 300) bytes x 1.25, at least 64 MB, at
-most a quarter of this machine's memory for the local server, 2 GB for a remote one: past that,
-pgvector's build spills and runs several times slower) and every core but one as parallel workers.
+most the local server's own setting, an eighth of the machine's memory (tasks.services.postgres), or 2 GB
+on a remote one: past that, pgvector's build spills and runs several times slower) and every core but one
+as parallel workers, then read into shared buffers (pg_prewarm), as the local server does after a restart.
 Searches use hnsw.ef_search EF_SEARCH and iterative scans, so a filter does not cut the answer short.
 """
 
@@ -90,6 +91,13 @@ TABLES_RELATIONAL = [
                    "USING gin (type_specific_data jsonb_path_ops)")),
 ]
 EMBEDDINGS = {"media_embeddings": "media", "catalog_embeddings": "catalog", "user_embeddings": "users"}
+# The searches' filter fields. A selective filter (a type in one year: 1% of the catalog) is then answered
+# exactly: the planner reads its rows through the B-tree and sorts them by distance (1,000 rows of 200k:
+# recall 1.0, p99 1.7 ms), where HNSW with an iterative scan returned 0.89 at 28-34 ms; a broad filter
+# (a type: 10%) stays on HNSW. Measured in benchmarks/stores.py (search_targets).
+FILTER_INDEXES = {"media_embeddings": ("(year)", "USING gin (genres)", "USING gin (platforms)"),
+                  "catalog_embeddings": ("(type, year)", "USING gin (tags)"),
+                  "user_embeddings": ("(archetype)", "(country)")}
 TABLES = {**{t.name: Keys(t.file, t.key) for t in TABLES_RELATIONAL},
           **{name: Keys(VECTOR_SETS[s].h5) for name, s in EMBEDDINGS.items()}}
 INPUTS = tuple(dict.fromkeys([t.file for t in TABLES_RELATIONAL] + [VECTOR_SETS[s].h5 for s in EMBEDDINGS.values()]))
@@ -204,15 +212,18 @@ class PostgresStore:
             sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns.items()),
             sql.SQL(", ").join(map(sql.Identifier, key))))
 
-    def _secondary_indexes(self, table: Table) -> None:
+    def _secondary_indexes(self, table: str, specs: tuple[str, ...], load: TableLoad) -> None:
         """GIN and b-tree indexes, made after the table's first load: built in bulk from the rows, they
-        cost a fraction of maintaining them row by row (1M media_metadata rows: ~30 s of the load)."""
+        cost a fraction of maintaining them row by row (1M media_metadata rows: ~30 s of the load). Then
+        fresh statistics for a table that changed: the planner weighs a filter's B-tree against HNSW."""
         from psycopg import sql
 
-        for i, spec in enumerate(table.indexes):
+        for i, spec in enumerate(specs):
             # Index definitions are constants of this module, never input.
             self.conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} " + spec).format(
-                sql.Identifier(f"{table.name}_idx{i}"), sql.Identifier(table.name)))
+                sql.Identifier(f"{table}_idx{i}"), sql.Identifier(table)))
+        if load.written or load.deleted:
+            self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
 
     def _relational_columns(self, table: Table, data: Path) -> dict[str, str]:
         schema = _as_copyable(table.frame(data).head(0).collect()).schema
@@ -299,11 +310,25 @@ class PostgresStore:
         return result
 
     def _maintenance_memory(self, rows: int, dim: int) -> str:
-        import psutil
+        from tasks.services.postgres import machine_memory, memory_settings
 
         need = int(rows * (4 * dim + 300) * 1.25)
-        ceiling = psutil.virtual_memory().total // 4 if self.local else 2 * 1024**3
+        ceiling = memory_settings(machine_memory())["maintenance_work_mem"] * 1024**2 if self.local else 2 * 1024**3
         return f"{max(64 * 1024**2, min(need, ceiling)) // 1024**2}MB"
+
+    def _prewarm(self, index: str, log: Log) -> None:
+        """The new index read into shared buffers, so the first searches do not wait on disk; a server
+        without pg_prewarm (it is a contrib module) is said so and left as it is."""
+        import psycopg
+
+        try:
+            with self.conn.transaction():
+                self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA public")
+                blocks = self.conn.execute("SELECT public.pg_prewarm(%s::regclass)", (index,)).fetchone()[0]
+        except psycopg.Error as exc:
+            log(f"postgres {index}: not prewarmed ({str(exc).splitlines()[0]})")
+            return
+        log(f"postgres {index}: {blocks * 8 // 1024:,} MB read into shared buffers")
 
     def _build_index(self, table: str, rows: int, dim: int, log: Log) -> None:
         import os
@@ -326,6 +351,7 @@ class PostgresStore:
                 "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
             ).format(sql.Identifier(index), sql.Identifier(table), sql.Literal(M), sql.Literal(EF_CONSTRUCTION)))
         log(f"postgres {table}: HNSW built in {time.perf_counter() - started:.1f} s")
+        self._prewarm(index, log)
 
     def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
         self.create_schema(data)
@@ -337,7 +363,7 @@ class PostgresStore:
             frame = _as_copyable(table.frame(data).collect())
             batches = (_record_batch(frame.slice(s, COPY_ROWS), columns) for s in range(0, len(frame), COPY_ROWS))
             report[table.name] = self._sync(table.name, columns, table.key, batches, len(frame), log)
-            self._secondary_indexes(table)
+            self._secondary_indexes(table.name, table.indexes, report[table.name])
             del frame
         for name, set_name in EMBEDDINGS.items():
             vector_set = VECTOR_SETS[set_name]
@@ -348,6 +374,7 @@ class PostgresStore:
                        for fields, vectors in vector_batches(data, vector_set, COPY_ROWS, digests=False))
             total = h5_rows(vector_set.path(data))  # a count, without reading every id
             report[name] = self._sync(name, columns, ("id",), batches, total, log)
+            self._secondary_indexes(name, FILTER_INDEXES[name], report[name])
             self._build_index(name, report[name].rows, h5_dim(vector_set.path(data)), log)
         return report
 

@@ -38,3 +38,9 @@ def test_a_benchmark_runs_at_tiny_scale_and_reports_its_figures(name):
     figures = json.loads(done.stdout.strip().splitlines()[-1])  # the last line: one JSON object
     assert {"wall_s", "cpu_s", "peak_rss_mb", "speedup", "cpu"} <= set(figures), sorted(figures)
     assert figures["wall_s"] > 0 and figures["speedup"] > 0
+    if name == "stores":  # one search target per store x vector set x filter, each a measured setting
+        targets = {(t["store"], t["vectors"], t["filter"]): t for t in figures["search_targets"]}
+        assert set(targets) == {(store, vectors, kept) for store in ("milvus", "postgres")
+                                for vectors in ("real", "real-movies", "generated") for kept in ("none", "10%", "1%")}
+        assert all(0 < t["recall_at_10"] <= 1 and 0 < t["p50_ms"] <= t["p99_ms"] for t in targets.values())
+        assert all(figures["server_rss_mb"][store] > 0 for store in ("milvus", "postgres"))

@@ -10,7 +10,7 @@ import numpy as np
 import psycopg
 import pytest
 from neo4j import GraphDatabase
-from pymilvus import MilvusClient
+from pymilvus import DataType, MilvusClient
 
 from tasks import services
 from tasks.services.base import port_open
@@ -136,16 +136,34 @@ def test_postgres_is_sized_by_the_memory_rule_and_warm_after_a_restart(fresh):
         services.stop(fresh, ["postgres"])
 
 
-def test_milvus_restarts_at_once_and_keeps_its_data(fresh):
+def test_milvus_restarts_at_once_and_keeps_its_data_and_index(fresh):
     """Stopped (every collection flushed first) and started again within seconds: its clients'
-    connections still in TIME_WAIT on its port, and its embedded etcd on a new peer port."""
+    connections still in TIME_WAIT on its port, and its embedded etcd on a new peer port. The HNSW
+    index the store builds is kept: built on every row before the stop, it covers every row after
+    the start, without a rebuild, and a search finds each probe's own row."""
+    import time
+
+    from tasks.stores.milvus import HNSW
+
     services.start(fresh, ["milvus"])
     client = MilvusClient(uri=fresh.milvus_target())
     client.create_database("keep")
     client.close()
     client = MilvusClient(uri=fresh.milvus_target(), db_name="keep")
-    client.create_collection("kept", dimension=4, auto_id=False, id_type="int")
-    client.insert("kept", [{"id": i, "vector": [float(i), 1.0, 0.0, 0.0]} for i in range(1, 11)])
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=16)
+    client.create_collection("kept", schema=schema, consistency_level="Strong")
+    vectors = np.random.default_rng(1).normal(size=(3000, 16)).astype(np.float32)
+    client.insert("kept", [{"id": i, "vector": v.tolist()} for i, v in enumerate(vectors)])
+    client.flush("kept")  # a sealed segment: what the server indexes
+    index = client.prepare_index_params()
+    index.add_index("vector", metric_type="COSINE", **HNSW)
+    client.create_index("kept", index)
+    deadline = time.monotonic() + 120
+    while client.describe_index("kept", "vector")["indexed_rows"] < 3000:
+        assert time.monotonic() < deadline, client.describe_index("kept", "vector")
+        time.sleep(1)
     client.close()
     services.stop(fresh, ["milvus"])
     services.start(fresh, ["milvus"])
@@ -153,7 +171,14 @@ def test_milvus_restarts_at_once_and_keeps_its_data(fresh):
     try:
         assert "keep" in MilvusClient(uri=fresh.milvus_target()).list_databases()
         assert client.list_collections() == ["kept"]
-        assert int(client.get_collection_stats("kept")["row_count"]) == 10  # flushed before the stop
+        assert int(client.get_collection_stats("kept")["row_count"]) == 3000  # flushed before the stop
+        described = client.describe_index("kept", "vector")
+        assert described["index_type"] == "HNSW" and described["indexed_rows"] == 3000  # kept, not rebuilt
+        client.load_collection("kept")
+        probes = [3, 1234, 2999]
+        found = client.search("kept", [vectors[i].tolist() for i in probes], limit=1,
+                              search_params={"metric_type": "COSINE", "params": {"ef": 64}})
+        assert [hits[0]["id"] for hits in found] == probes
     finally:
         client.close()
         services.stop(fresh, ["milvus"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from tasks.services.base import Service, free_port, make_home
+from tasks.services.base import Service, ServiceError, free_port, make_home
 from tasks.settings import LOCAL_HOST, Settings
 
 TIME_TICK_MS = 50
@@ -92,6 +92,43 @@ def _flush(settings: Settings) -> None:
             client.close()
 
 
+READY_PROBE = "mg_ready"  # a tiny collection in the server's default database
+
+
+def _loads(settings: Settings) -> None:
+    """Ready means a collection loads, not only /healthz: a restarted server answers its health check
+    while its query coordinator still assigns loads to the previous run's query node ("node not
+    found", for 30-60 s here), and a search in that window failed. The probe is released and loaded
+    again on every start, so it proves a live query node serves it."""
+    import time
+
+    from pymilvus import DataType, MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    client = MilvusClient(uri=f"http://{LOCAL_HOST}:{settings.milvus_port}", timeout=30)
+    try:
+        if not client.has_collection(READY_PROBE):
+            schema = client.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)
+            index = client.prepare_index_params()
+            index.add_index("vector", index_type="FLAT", metric_type="L2")
+            client.create_collection(READY_PROBE, schema=schema, index_params=index)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                client.release_collection(READY_PROBE)
+                client.load_collection(READY_PROBE, timeout=30)
+                return
+            except MilvusException as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"milvus on port {settings.milvus_port} answers but cannot load a "
+                                       f"collection: {exc}") from exc
+                time.sleep(2)
+    finally:
+        client.close()
+
+
 def _remove_pid_file(settings: Settings) -> None:
     """As root the server writes /run/milvus/standalone-<alias>.pid and does not always remove it."""
     (ROOT_RUN_DIR / f"standalone-{_alias(settings.services_dir / 'milvus')}.pid").unlink(missing_ok=True)
@@ -102,5 +139,5 @@ def _address(settings: Settings) -> str:
             "/healthz), no user; a database per dataset")
 
 
-SERVICE = Service("milvus", _command, _ready, _address, prepare=_prepare, env=_env, before_stop=_flush,
-                  after_stop=_remove_pid_file)
+SERVICE = Service("milvus", _command, _ready, _address, prepare=_prepare, after_start=_loads, env=_env,
+                  before_stop=_flush, after_stop=_remove_pid_file)

@@ -129,7 +129,9 @@ def prepare(catalog: int, movies: int, users: int, vectors: str, vectors_from: P
     if ingest is not None and pl.scan_parquet(ingest / "movies.parquet").select(pl.len()).collect().item() == movies:
         frame = pl.read_parquet(ingest / "movies.parquet")
         if vectors == "real" and (ingest / "genome_scores.parquet").exists():  # the movie texts' themes
-            (data / "processed" / "genome_scores.parquet").hardlink_to(ingest / "genome_scores.parquet")
+            for folder in ("processed", "held_out"):
+                (data / folder).mkdir(exist_ok=True)
+                (data / folder / "genome_scores.parquet").hardlink_to(ingest / "genome_scores.parquet")
     else:
         ingest = None
         frame = pl.DataFrame({"movie_id": range(1, movies + 1), "media_id": [f"ml_{i}" for i in range(1, movies + 1)],
@@ -141,7 +143,7 @@ def prepare(catalog: int, movies: int, users: int, vectors: str, vectors_from: P
         held = np.random.default_rng(7).choice(len(frame), min(HELD_OUT_MOVIES, len(frame) // 10), replace=False)
         keep = np.ones(len(frame), bool)
         keep[held] = False
-        frame[np.flatnonzero(~keep).tolist()].write_parquet(data / "held_out_movies.parquet")
+        frame[np.flatnonzero(~keep).tolist()].write_parquet(data / "held_out" / "movies.parquet", mkdir=True)
         frame = frame.filter(pl.Series(keep))
     frame.write_parquet(data / "processed" / "movies.parquet")
     media_ids = frame["media_id"].to_list()
@@ -190,25 +192,11 @@ def embed_real(data: Path, real_movies: bool) -> str:
         started = time.perf_counter()
         encode_to_h5(text_frame, data / "embeddings" / f"{out}.h5", model, name)
         print(f"embedded {len(text_frame):,} {out} texts in {time.perf_counter() - started:.0f} s", flush=True)
-    held = data / "held_out_movies.parquet"
     for text_frame, out in ((catalog_texts(data / "query_catalog.parquet"), "catalog"),
-                            (_held_out_texts(held), "media")):
+                            (movie_texts(data / "held_out"), "media")):
         np.save(data / f"queries-{out}.npy", encode(model, text_frame["text"].to_list()))
     return (f"real: {name} over the catalog's content_text and the movies' texts"
             + ("" if real_movies else " (stand-in movie titles: no 25m ingest of that size in .cache/out-ours)"))
-
-
-def _held_out_texts(held: Path):
-    import tempfile
-
-    from tasks.embed.embeddings import movie_texts
-
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy(held, Path(tmp) / "movies.parquet")
-        genome = held.parent / "processed" / "genome_scores.parquet"
-        if genome.exists():
-            (Path(tmp) / genome.name).symlink_to(genome)
-        return movie_texts(Path(tmp))
 
 
 def start_servers() -> None:

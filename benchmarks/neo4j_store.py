@@ -10,8 +10,9 @@ benchmarks/.cache/neo4j-services.
 
 - ours: the load stage for the neo4j store from an empty graph (python -m flows.load runs the same
   code): above 2M relationships it is the bulk path (ArcadeDB's GraphImporter with the server
-  stopped), then the comparison pass over Bolt, then the check and reconciliation; then the stage
-  again with nothing changed (skipped by digest).
+  stopped, the sources streamed into its files), then the properties the importer cannot write
+  (nulls) set over Bolt, then the default verification (counts and a fixed sample); then the stage
+  again with nothing changed (inputs unchanged: the sample verified, nothing written).
 - bolt and seed, on the loaded graph (nodes and indexes in place), the same --slice of RATED rows
   as a separate relationship type, removed after: our Bolt path's statement for new relationships
   (UNWIND 10,000 rows, MATCH, MATCH, CREATE with properties) and the seed's (UNWIND 1,000 rows,
@@ -19,9 +20,9 @@ benchmarks/.cache/neo4j-services.
 - explain: --queries (user, item) pairs, both drawn with a fixed seed from the ratings, through
   tasks.query.explain.explain (as `python -m flows.explain` runs it: a connection per call), and the same
   count of `--item` queries; p50/p99.
-Last line: one JSON object. Targets (issue #12): whole graph <= 30 min and >= 10x the seed's method;
+Last line: one JSON object. Targets (issue #26): whole graph <= 5 min and >= 5x the seed's method;
 peak RSS <= 6 GB in all (the load process plus the graph server or importer); an unchanged rerun <=
-5% of the load; explainability p99 <= 200 ms.
+5% of the load; explainability (and --item) p99 <= 200 ms.
 """
 
 from __future__ import annotations
@@ -226,10 +227,10 @@ def main() -> None:
         "speedup": round(seed_s / ours_figures["graph_s"], 2),
         "rerun_s": ours_figures["rerun_s"], "rerun_status": ours_figures["rerun_status"],
         "explain": found, "queries": args.queries,
-        "targets": {"whole_graph_30_min": ours_figures["graph_s"] <= 1800,
-                    "10x_seed": seed_s / ours_figures["graph_s"] >= 10,
+        "targets": {"whole_graph_5_min": ours_figures["graph_s"] <= 300,
+                    "5x_seed": seed_s / ours_figures["graph_s"] >= 5,
                     "peak_rss_6gb": peak <= 6144, "rerun_5_percent": ours_figures["rerun_s"] <= 0.05 * ours_figures["graph_s"],
-                    "explain_p99_200ms": found["explain"]["p99_ms"] <= 200},
+                    "explain_p99_200ms": max(found["explain"]["p99_ms"], found["connected"]["p99_ms"]) <= 200},
     }
     print(json.dumps(result))
 

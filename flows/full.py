@@ -23,6 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import cli_settings, load_settings, logs_to_data_dir, prefect_api, preflight
 from flows.embed import embed_flow
 from flows.ingest import ingest_flow, ingest_summary
+from tasks.stores.base import Verify
 from flows.load import StoreName, add_store_flags, raise_on_failed, run_loads, skipped_stores, wanted_stores
 from flows.summary import Summary, text
 from flows.synthetic import synthetic_flow
@@ -119,6 +120,7 @@ def full_flow(
     skip_stores: list[StoreName] | None = None,
     embed_on: str | None = None,
     replace: bool = False,
+    verify: Verify = "sample",
 ) -> list[dict]:
     """Run every stage that is asked for; returns one summary row per stage. Empty parameters take
     the pipeline's settings (environment or .env).
@@ -140,6 +142,8 @@ def full_flow(
         embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
         replace: overwrite a store namespace that holds another data dir's dataset (else the run stops
             before its first stage).
+        verify: after each load, check counts and a fixed sample of elements (sample), or read every
+            element back and compare it (full: the weekly schedule).
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
     if embed_on and embed_on not in EMBED_DEPLOYMENTS:
@@ -173,7 +177,7 @@ def full_flow(
     for stage in STAGES:  # before any load, the data of skipped stages is validated too, where it exists
         if skipped[stage.name]:
             gate(stage.name, missing_ok=True)
-    loads = run_loads(run.data, skip_stores, replace)
+    loads = run_loads(run.data, skip_stores, replace, verify)
     summary.concurrent(loads)
     statuses = {row["status"] for row in loads}
     try:
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, device=args.device, on_bad_rows=args.on_bad_rows,
                 max_reject_fraction=args.max_reject_fraction, skip_ingest=args.skip_ingest,
                 skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
-                skip_stores=skipped_stores(args), embed_on=args.embed_on, replace=args.replace)
+                skip_stores=skipped_stores(args), embed_on=args.embed_on, replace=args.replace,
+                verify=args.verify)
         print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
         print(text(rows))
         return 0

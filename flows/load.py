@@ -1,11 +1,13 @@
 """Load flow: every store at once from the data dir, each checked and reconciled after its load.
 
-    python -m flows.load --data-dir DIR [--no-milvus] [--no-postgres] ... [--replace]
+    python -m flows.load --data-dir DIR [--no-milvus] [--no-postgres] ... [--replace] [--verify full]
 
 Stores are read from the registry in tasks/stores/. Store URLs come from the settings (MG_*
 environment or .env): an unset URL is the local server or file. Loads run concurrently, each under
 the global concurrency limit named after its store; one store that stays down fails its own load,
-the others finish, then the flow fails naming it.
+the others finish, then the flow fails naming it. After each load the store is verified: by default its
+counts and a fixed sample of elements (plus what the load wrote); `--verify full` reads every element
+back and compares it (the weekly schedule of the full-refresh deployment).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from flows.summary import Summary, text
 from tasks.caching import result_storage
 from tasks.errors import PipelineError, run_cli
 from tasks.stores import STORES
+from tasks.stores.base import Verify
 from tasks.stores.tasks import ensure_concurrency_limits, load_store_task
 from tasks.validate.tasks import validated
 
@@ -37,14 +40,15 @@ class LoadFailed(PipelineError, RuntimeError):
 def _detail(result: dict) -> str:
     tables = ", ".join(f"{t} {r['rows']:,} ({r['written']:,} written, {r['deleted']:,} deleted)"
                        for t, r in result["tables"].items())
-    return f"{result['target']}: {tables}"
+    return f"{result['target']}: {tables}; verified: {result['verified']}"
 
 
 def wanted_stores(skip: list[str] | None) -> list[str]:
     return [name for name in STORES if name not in set(skip or [])]
 
 
-def run_loads(data_dir: Path, skip: list[str] | None = None, replace: bool = False) -> list[dict]:
+def run_loads(data_dir: Path, skip: list[str] | None = None, replace: bool = False,
+              verify: Verify = "sample") -> list[dict]:
     """In a flow: submit every asked-for store's load at once and wait for all; one summary row per
     store (stage, status, seconds, detail), failures included."""
     skip = set(skip or [])
@@ -57,7 +61,7 @@ def run_loads(data_dir: Path, skip: list[str] | None = None, replace: bool = Fal
         if name in skip:
             rows.append({"stage": name, "status": "skipped", "seconds": None, "detail": "by flag"})
         else:
-            futures[name] = load_store_task.submit(str(data_dir), name, replace)
+            futures[name] = load_store_task.submit(str(data_dir), name, replace, verify)
     for name, future in futures.items():
         future.wait()
         seconds = round(time.perf_counter() - started, 1)
@@ -82,17 +86,19 @@ def raise_on_failed(rows: list[dict]) -> None:
 
 @flow(name="load", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=len(STORES)))
 def load_flow(data_dir: str | None = None, skip_stores: list[StoreName] | None = None,
-              replace: bool = False) -> list[dict]:
+              replace: bool = False, verify: Verify = "sample") -> list[dict]:
     """Load every store from the data dir at once; returns one summary row per store.
 
     Args:
         data_dir: root of the pipeline's files (processed/, synthetic/, embeddings/).
         skip_stores: stores not to load.
         replace: overwrite a store namespace that holds another data dir's dataset (else the load stops).
+        verify: after each load, check counts and a fixed sample of elements (sample), or read every
+            element back and compare it (full).
     """
     data = load_settings(data_dir=data_dir).data_dir
     summary = Summary(data)
-    summary.concurrent(run_loads(data, skip_stores, replace))
+    summary.concurrent(run_loads(data, skip_stores, replace, verify))
     create_markdown_artifact(key="load-summary", markdown=summary.markdown("Loads"),
                              description="What each store's load did")
     raise_on_failed(summary.rows)
@@ -106,6 +112,9 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"do not load {spec.name}: {spec.loads}")
     parser.add_argument("--replace", action="store_true",
                         help="overwrite a store namespace that holds another data dir's dataset (else the load stops)")
+    parser.add_argument("--verify", choices=["sample", "full"], default="sample",
+                        help="after each load: counts and a fixed sample of elements (default), or every "
+                             "element read back and compared (full)")
 
 
 def skipped_stores(args: argparse.Namespace) -> list[str]:
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         with prefect_api(settings):
-            rows = load_flow(str(settings.data_dir), skipped_stores(args), args.replace)
+            rows = load_flow(str(settings.data_dir), skipped_stores(args), args.replace, args.verify)
         print(text(rows))
         return 0
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timezone
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,15 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
             {name: 1 for name in limits}
         deployment = client.read_deployment_by_name("full-refresh/full-refresh")
         assert deployment.work_pool_name == "local-process"
-        assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [("0 3 * * *", "UTC")]
+        # Nightly with the sampled verification, Sundays with the full read-back of every store.
+        assert sorted((s.schedule.cron, s.schedule.timezone, s.parameters) for s in deployment.schedules) == \
+            [("0 3 * * 0", "UTC", {"verify": "full"}), ("0 3 * * 1-6", "UTC", {})]
         # The UI builds its form from this schema: typed parameters, not free text.
         props = deployment.parameter_openapi_schema["properties"]
         assert props["skip_embed"]["type"] == "boolean"
         assert {"type": "integer", "minimum": 1, "maximum": 100_000_000} in props["catalog_size"]["anyOf"]
         assert props["on_bad_rows"]["enum"] == ["reject", "fail"]
+        assert props["verify"]["enum"] == ["sample", "full"]
         assert {"type": "number", "minimum": 0.0, "maximum": 1.0}.items() <= props["max_reject_fraction"].items()
         undescribed = [name for name, prop in props.items() if not prop.get("description")]
         assert not undescribed, f"the deployment form shows no description for {undescribed}"
@@ -60,6 +64,10 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         assert scheduled, "the cron schedule produced no scheduled runs"
         starts = {r.expected_start_time.astimezone().utctimetuple()[3:5] for r in scheduled}
         assert starts == {(3, 0)}
+        # Sunday's runs read every store back in full; the other nights verify a sample.
+        days = {(r.expected_start_time.astimezone(timezone.utc).weekday() == 6, r.parameters.get("verify", "sample"))
+                for r in scheduled}
+        assert days <= {(True, "full"), (False, "sample")}, days
 
         # The GPU deployment registers on its docker pool, and the container it would start asks for every GPU.
         gpu = client.read_deployment_by_name("embed/embed-gpu")

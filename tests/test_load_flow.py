@@ -43,9 +43,16 @@ def test_loads_run_at_once_under_their_concurrency_limits(prefect_server, store_
     report = json.loads((store_data / "reports" / "validation_load.json").read_text())
     assert {s["suite"]: s["status"] for s in report["suites"]} == {f"store_{n}": "pass" for n in STORES}
 
-    # A rerun with unchanged inputs and stores writes nothing.
+    # A rerun with unchanged inputs and stores writes nothing; the summary says how each store was verified.
     rows = load_flow(str(store_data))
     assert {r["stage"]: r["status"] for r in rows if r["stage"] in STORES} == {n: "unchanged" for n in STORES}
+    verified = {r["stage"]: r["detail"].split("verified: ")[1] for r in rows if r["stage"] in STORES}
+    assert verified["neo4j"].startswith("sample: ") and verified["milvus"].startswith("sample: ")
+    # --verify full: every element read back and compared; nothing to write.
+    assert load_main(["--data-dir", str(store_data), "--verify", "full"]) == 0
+    figures = {n: json.loads((store_data / "stores" / f"{n}.json").read_text()) for n in STORES}
+    assert {n: f["verification"] for n, f in figures.items()} == {n: "full" for n in STORES}
+    assert figures["neo4j"]["read_back"] == sum(t["store"] for t in figures["neo4j"]["tables"].values())
 
 
 def test_a_store_that_stays_down_fails_alone_and_names_its_url(prefect_server, store_data, store_env, monkeypatch,

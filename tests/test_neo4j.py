@@ -294,3 +294,135 @@ def test_a_bad_source_file_is_named_and_an_extra_column_is_ignored(store_data):
     movies.vstack(movies.head(1)).write_parquet(movies_file)
     with pytest.raises(StaleInputs, match=r"movies.parquet: Media keys id repeat"):
         MEDIA.frame(store_data)
+
+
+def first_likers(ratings: pl.DataFrame) -> set[tuple[int, int]]:
+    """The oracle of LIKED_BY: each movie's first PEERS + 1 likers by user id."""
+    from tasks.query.explain import LIKED, PEERS
+
+    likers = ratings.filter(pl.col("rating") >= LIKED).sort("user_id").group_by("movie_id").head(PEERS + 1)
+    return set(likers.select("movie_id", "user_id").iter_rows())
+
+
+def stored_rating(settings: Settings, user: int, item: str) -> list[float]:
+    return [r["rating"] for r in cypher(settings, "MATCH (:User {id: $u})-[r:RATED]->(:Media {id: $m}) "
+                                                  "RETURN r.rating AS rating", u=user, m=item)]
+
+
+def test_graph_loads_send_the_diff_verify_a_sample_and_repair_drift(store_data, store_env, monkeypatch):
+    """A refresh writes exactly what changed and reads back only its sample plus what it wrote; a graph
+    changed outside the pipeline is found and repaired; --verify full finds what the sample cannot; a
+    load killed midway is exact after its rerun."""
+    from tasks.stores import neo4j as neo4j_store
+    from tasks.stores import snapshot
+
+    monkeypatch.setattr(snapshot, "SAMPLE_ROWS", 40)  # a small sample of a small release
+    data = store_data
+    settings = settings_for(data)
+    plant_genome(data)
+    ratings_file = data / "processed" / "ratings.parquet"
+    ratings = pl.read_parquet(ratings_file)
+    first = load_store(settings, "neo4j", lambda m: None)
+    assert first["status"] == "loaded" and first["verified"].startswith("sample")
+
+    def figures() -> dict:
+        return json.loads((data / "stores" / "neo4j.json").read_text())
+
+    # One change: a rating changed, 3 new ratings by one user, a title changed, a movie's genre dropped.
+    movies_file = data / "processed" / "movies.parquet"
+    movies = pl.read_parquet(movies_file)
+    user = int(ratings["user_id"].min())  # first among every movie's likers
+    unrated = movies.join(ratings.filter(pl.col("user_id") == user), on="movie_id", how="anti").head(3)
+    template = ratings.filter(pl.col("user_id") == user).head(1)
+    added = pl.concat([template.with_columns(movie_id=pl.lit(m, pl.Int32), rating=pl.lit(5.0, pl.Float32))
+                       for m in unrated["movie_id"]])
+    likers_before = first_likers(ratings)
+    old = float(ratings["rating"][1])
+    ratings = pl.concat([ratings.with_columns(rating=pl.when(pl.int_range(pl.len()) == 1)
+                                              .then(pl.lit(5.5 - old, pl.Float32)).otherwise("rating")), added])
+    ratings.write_parquet(ratings_file)
+    with_genres = movies.filter(pl.col("genres").list.len() > 1)["media_id"][0]
+    movies.with_columns(title=pl.when(pl.col("media_id") == movies["media_id"][2]).then(pl.lit("A New Title"))
+                        .otherwise("title"),
+                        genres=pl.when(pl.col("media_id") == with_genres).then(pl.col("genres").list.slice(1))
+                        .otherwise("genres")).write_parquet(movies_file)
+    logs: list[str] = []
+    summary = load_store(settings, "neo4j", logs.append)
+    assert not [line for line in logs if "comparing" in line]  # the snapshot's diff: nothing read back to compare
+    written = {t: (r["written"], r["deleted"]) for t, r in summary["tables"].items() if r["written"] or r["deleted"]}
+    likers_now = first_likers(ratings)
+    liked_by = (len(likers_now - likers_before), len(likers_before - likers_now))
+    assert liked_by != (0, 0)  # the user joined some movies' first likers
+    assert written == {"RATED": (4, 0), "Media": (1, 0), "HAS_GENRE": (0, 1), "LIKED_BY": liked_by}, written
+    assert stored_rating(settings, int(ratings['user_id'][1]), f"ml_{ratings['movie_id'][1]}") == [5.5 - old]
+    # Read back: no more than each table's sample plus what the load wrote, counted per table.
+    tables = figures()["tables"]
+    assert figures()["verification"] == "sample"
+    for table, r in tables.items():
+        assert r["sampled"] <= min(40, r["source"]) + written.get(table, (0, 0))[0], (table, r)
+    assert sum(r["sampled"] for r in tables.values()) == figures()["read_back"] < sum(r["source"] for r in tables.values()) / 2
+    assert opened_counts(data) == source_counts(data, "neo4j")
+
+    # Unchanged inputs: nothing written, the sample verified.
+    again = load_store(settings, "neo4j", lambda m: None)
+    assert again["status"] == "unchanged" and again["verified"].startswith("sample")
+
+    # Edited outside the pipeline: a sampled rating changed, every HAS_TAG removed. Found and repaired.
+    rated = pl.read_parquet(data / "stores" / "neo4j.snapshot" / "RATED.parquet")
+    sampled = snapshot.sample(rated, ["start", "end"])
+    u, m = sampled["start"][0], sampled["end"][0]
+    truth = stored_rating(settings, u, m)
+    cypher(settings, "MATCH (:User {id: $u})-[r:RATED]->(:Media {id: $m}) SET r.rating = -1.0", u=u, m=m)
+    cypher(settings, "MATCH ()-[r:HAS_TAG]->() DELETE r")
+    logs: list[str] = []
+    repaired = load_store(settings, "neo4j", logs.append)
+    assert repaired["status"] == "loaded"
+    assert repaired["tables"]["RATED"]["written"] == 1 and repaired["tables"]["HAS_TAG"]["written"] > 0
+    assert stored_rating(settings, u, m) == truth
+    assert any("RATED" in line and "in full" in line for line in logs)
+    assert opened_counts(data) == source_counts(data, "neo4j")
+
+    # A difference outside the sample: the default verification cannot see it, --verify full can.
+    outside = rated.join(sampled, on=["start", "end"], how="anti").row(0, named=True)
+    truth = stored_rating(settings, outside["start"], outside["end"])
+    cypher(settings, "MATCH (:User {id: $u})-[r:RATED]->(:Media {id: $m}) SET r.rating = -1.0",
+           u=outside["start"], m=outside["end"])
+    assert load_store(settings, "neo4j", lambda m: None)["status"] == "unchanged"
+    assert stored_rating(settings, outside["start"], outside["end"]) == [-1.0]
+    full = load_store(settings, "neo4j", lambda m: None, verify="full")
+    assert full["verified"].startswith("full") and full["tables"]["RATED"]["written"] == 1
+    assert stored_rating(settings, outside["start"], outside["end"]) == truth
+    assert figures()["verification"] == "full" and figures()["missing_ids"] == figures()["extra_ids"] == 0
+
+    # Killed midway: the relationships written, then the load dies before the next type. The rerun is exact.
+    ratings = ratings.filter(pl.int_range(pl.len()) != 5).with_columns(
+        rating=pl.when(pl.int_range(pl.len()) == 7).then(pl.lit(0.5, pl.Float32)).otherwise("rating"))
+    ratings.write_parquet(ratings_file)
+    pl.read_parquet(movies_file).with_columns(title=pl.col("title") + "!").write_parquet(movies_file)
+    real = neo4j_store.Neo4jStore._write_edges
+
+    def dies_after_rated(self, edge, *args):
+        result = real(self, edge, *args)
+        if edge.type == "RATED":
+            raise KeyboardInterrupt("killed")
+        return result
+
+    monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_edges", dies_after_rated)
+    with pytest.raises(KeyboardInterrupt):
+        load_store(settings, "neo4j", lambda m: None)
+    monkeypatch.setattr(neo4j_store.Neo4jStore, "_write_edges", real)
+    assert not (data / "stores" / "neo4j.snapshot" / "RATED.parquet").exists()
+    rerun = load_store(settings, "neo4j", lambda m: None)
+    assert rerun["tables"]["RATED"]["written"] == 0 and rerun["tables"]["RATED"]["deleted"] == 0  # done before
+    assert opened_counts(data) == source_counts(data, "neo4j")
+    assert stored_rating(settings, int(ratings["user_id"][7]), f"ml_{ratings['movie_id'][7]}") == [0.5]
+    full = load_store(settings, "neo4j", lambda m: None, verify="full")
+    assert all(t["written"] == 0 and t["deleted"] == 0 for t in full["tables"].values()), full
+
+
+def opened_counts(data: Path) -> dict[str, int]:
+    store = opened("neo4j", data)
+    try:
+        return store.counts()
+    finally:
+        store.close()

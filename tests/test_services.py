@@ -184,6 +184,46 @@ def test_milvus_restarts_at_once_and_keeps_its_data_and_index(fresh):
         services.stop(fresh, ["milvus"])
 
 
+def test_milvus_starts_again_when_another_server_takes_one_of_its_ports(fresh, monkeypatch):
+    """Milvus picks its internal ports as it starts: another server starting at the same moment can
+    bind one first (a benchmark's Milvus beside a test run's did). The start is tried once more, on
+    ports chosen again."""
+    import dataclasses
+    import socket
+
+    import yaml
+
+    from tasks.services.supervise import SERVICES
+
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))  # as Milvus binds: every address
+    taken.listen()
+    real = SERVICES["milvus"]
+    calls = []
+
+    def prepare_then_lose_a_port(settings, home):
+        real.prepare(settings, home)
+        calls.append(home)
+        if len(calls) == 1:  # the first start's root coordinator port is taken by someone else
+            path = home / "configs" / "milvus.yaml"
+            values = yaml.safe_load(path.read_text())
+            values["rootCoord"]["port"] = taken.getsockname()[1]
+            path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+    monkeypatch.setitem(SERVICES, "milvus", dataclasses.replace(real, prepare=prepare_then_lose_a_port))
+    try:
+        assert services.start(fresh, ["milvus"]) == {"milvus": "started"}
+        assert len(calls) == 2
+        client = MilvusClient(uri=fresh.milvus_target())
+        try:
+            assert "default" in client.list_databases()
+        finally:
+            client.close()
+    finally:
+        taken.close()
+        services.stop(fresh, ["milvus"])
+
+
 def test_stop_ignores_a_reused_pid(fresh, tmp_path):
     """A record whose PID now belongs to another process is dropped, and nothing is killed."""
     import json

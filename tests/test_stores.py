@@ -182,6 +182,72 @@ def test_a_load_killed_midway_ends_exact_on_rerun(store_data, pg_url):
             store.close()
 
 
+def test_milvus_sends_the_diff_verifies_a_sample_and_repairs_drift(store_data, store_env, monkeypatch):
+    """After its first load Milvus is diffed against its snapshot and verified by a sample: a row
+    edited outside the pipeline (in the sample) and a row deleted outside are found and repaired; a
+    difference outside the sample is found by --verify full."""
+    from tasks.stores import snapshot
+
+    monkeypatch.setattr(snapshot, "SAMPLE_ROWS", 30)
+    data = store_data
+    settings = settings_for(data)
+    assert load_store(settings, "milvus", print)["verified"].startswith("sample")
+    store = opened("milvus", data)
+    try:
+        client, collection = store.client, "catalog_vectors"
+        expected = pl.read_parquet(data / "stores" / "milvus.snapshot" / f"{collection}.parquet")
+        sampled = snapshot.sample(expected, ["id"])["id"].to_list()
+        outside = expected.filter(~pl.col("id").is_in(sampled))["id"].to_list()
+
+        def tamper(item: str) -> None:
+            [row] = client.get(collection, ids=[item], output_fields=[*VECTOR_SETS["catalog"].fields, "digest", "vector"])
+            row["vector"] = [-v for v in row["vector"]]
+            client.upsert(collection, [row])
+
+        tamper(sampled[0])
+        client.delete(collection, ids=[outside[0]])
+        client.flush(collection)
+        figures = json.loads((data / "stores" / "milvus.json").read_text())
+        assert figures["verification"] == "sample"
+    finally:
+        store.close()
+    logs: list[str] = []
+    repaired = load_store(settings, "milvus", logs.append)
+    assert repaired["status"] == "loaded" and repaired["tables"][collection]["written"] == 2, repaired
+    assert any("in full" in line for line in logs), logs
+    json_figures = json.loads((data / "stores" / "milvus.json").read_text())
+    assert json_figures["tables"][collection]["sampled"] <= 30 + 2 and json_figures["differing"] == 0
+    again = load_store(settings, "milvus", print)
+    assert again["status"] == "unchanged" and again["verified"].startswith("sample")
+    # A changed source after that: the diff against the snapshot, nothing read back but the sample.
+    with h5py.File(VECTOR_SETS["users"].path(data), "r+") as f:
+        f["embeddings"][0] = -f["embeddings"][0]
+    logs.clear()
+    changed = load_store(settings, "milvus", logs.append)["tables"]
+    assert changed["user_vectors"]["written"] == 1 and changed[collection]["written"] == 0
+    assert not [line for line in logs if "read back" in line or "in full" in line], logs
+
+    store = opened("milvus", data)
+    try:
+        tamper = store.client.get(collection, ids=[outside[1]],
+                                  output_fields=[*VECTOR_SETS["catalog"].fields, "digest", "vector"])[0]
+        tamper["vector"] = [-v for v in tamper["vector"]]
+        store.client.upsert(collection, [tamper])
+        store.client.flush(collection)
+    finally:
+        store.close()
+    assert load_store(settings, "milvus", print)["status"] == "unchanged"  # outside the sample: not seen
+    full = load_store(settings, "milvus", print, verify="full")
+    assert full["tables"][collection]["written"] == 1 and full["verified"].startswith("full")
+    store = opened("milvus", data)
+    try:
+        with h5py.File(VECTOR_SETS["catalog"].path(data), "r") as f:
+            row = h5_ids(VECTOR_SETS["catalog"].path(data)).index(outside[1])
+            assert np.allclose(store.vector("catalog", outside[1]), f["embeddings"][row], atol=1e-6)
+    finally:
+        store.close()
+
+
 def exact_top(data: Path, vector_set: str, query: np.ndarray, keep: np.ndarray, k: int) -> list[str]:
     with h5py.File(VECTOR_SETS[vector_set].path(data), "r") as f:
         ids, vectors = np.array(h5_ids(VECTOR_SETS[vector_set].path(data))), f["embeddings"][:]

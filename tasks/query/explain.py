@@ -4,8 +4,9 @@ items most connected to an item.
 Reasons for (user, item), each with its evidence:
 - genre: genres the item shares with items the user rated >= LIKED (how many, which);
 - tag: genome tags (HAS_TAG) the item shares with those items;
-- similar users: users who liked the item and share liked items with the user (peers are capped at
-  PEERS: a popular movie has tens of thousands of raters at 25m scale, store-load-probes);
+- similar users: users who liked the item and share liked items with the user (the item's PEERS
+  likers with the lowest user ids, read from its LIKED_BY relationships: a popular movie has tens of
+  thousands of raters at 25m scale, and each call reads at most PEERS + 1 of them);
 - platform: platforms offering the item in the user's country.
 """
 
@@ -16,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from tasks.errors import PipelineError
 from tasks.settings import Settings
 from tasks.stores import STORES
+from tasks.stores.neo4j import LIKED, PEERS  # the graph's LIKED_BY holds each item's first likers
 
-LIKED = 4.0  # a rating at or above this is a like
-PEERS = 50  # likers of the item looked at (a bound on the fan-out: a popular movie has ~80k at 25m scale)
 CANDIDATES = 5  # per item asked for: the items most liked by the likers, whose shared genres are counted
 EXAMPLES = 3  # evidence items named per reason
 
@@ -47,8 +47,8 @@ ORDER BY liked DESC, relevance DESC, name LIMIT $limit"""
 # The item's likers first, each row one node (rows that carried the user's liked list past the ORDER BY
 # outgrew the server's query heap at 25m scale), then the user's liked items, once.
 PEER_USERS = """
-MATCH (m:Media {id: $item})<-[pr:RATED]-(peer:User)
-WHERE pr.rating >= $liked AND peer.id <> $user
+MATCH (m:Media {id: $item})-[:LIKED_BY]->(peer:User)
+WHERE peer.id <> $user
 WITH peer ORDER BY peer.id LIMIT $peers
 WITH collect(peer) AS peers
 MATCH (u:User {id: $user})-[b:RATED]->(mine:Media)
@@ -70,8 +70,7 @@ ORDER BY platform"""
 # Ranked by likers first, genres counted only for the best candidates (counting them for every item
 # the likers liked took 5-20 s at 25m scale).
 CONNECTED = """
-MATCH (m:Media {id: $item})<-[r:RATED]-(peer:User)
-WHERE r.rating >= $liked
+MATCH (m:Media {id: $item})-[:LIKED_BY]->(peer:User)
 WITH m, peer ORDER BY peer.id LIMIT $peers
 MATCH (peer)-[r2:RATED]->(other:Media)
 WHERE r2.rating >= $liked AND other <> m

@@ -160,12 +160,25 @@ def status(settings: Settings, names: list[str] | None = None) -> dict[str, str]
 def start(settings: Settings, names: list[str] | None = None) -> dict[str, str]:
     """Start the named servers (default: those the settings need) side by side, then wait for each."""
     names = names or wanted(settings)
+    logs = {name: settings.services_dir / f"{name}.log" for name in names}
+    offsets = {name: log.stat().st_size if log.exists() else 0 for name, log in logs.items()}
     launched = {name: _launch(settings, name) for name in names}
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
         for name, proc in launched.items():
-            if proc is not None:
+            if proc is None:
+                continue
+            try:
                 _await_ready(settings, name, proc, deadline)
+            except ServiceError:
+                # A server that picks its internal ports when it starts (Milvus) can lose one to another
+                # server starting at the same moment: it is started once more, on ports chosen again.
+                with open(logs[name], "rb") as log:
+                    log.seek(offsets[name])
+                    if b"bind: address already in use" not in log.read():
+                        raise
+                launched[name] = _launch(settings, name)
+                _await_ready(settings, name, launched[name], time.monotonic() + START_TIMEOUT_S)
     except ServiceError:
         for name, proc in launched.items():
             if proc is not None:

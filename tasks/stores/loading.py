@@ -22,7 +22,8 @@ from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.settings import Settings
 from tasks.stores import STORES
-from tasks.stores.base import DatasetConflict, Log, Store, require_dataset
+from tasks.stores.base import DatasetConflict, Log, SnapshotStore, Store, Verify, require_dataset
+from tasks.stores.snapshot import Snapshots
 
 # Every built store's module is imported now, before any flow runs: pymilvus reconfigures logging on
 # import (logging.config.dictConfig flushes every handler under logging's lock), which deadlocks with
@@ -30,7 +31,7 @@ from tasks.stores.base import DatasetConflict, Log, Store, require_dataset
 for _spec in STORES.values():
     _spec.implementation()
 
-LOAD_VERSION = "load-1"  # bump when a store's layout changes: every store is then reloaded
+LOAD_VERSION = "load-2"  # bump when a store's layout changes: every store is then reloaded
 SAMPLE_IDS = 5  # missing or extra ids named per table
 
 
@@ -107,18 +108,19 @@ def _conflict(store: Store, settings: Settings, held: str | None) -> str | None:
             "to overwrite it")
 
 
-def claim_dataset(store: Store, settings: Settings, replace: bool, log: Log) -> None:
+def claim_dataset(store: Store, settings: Settings, replace: bool, log: Log) -> str | None:
     """Before a load writes: the store's namespace holds this data dir's dataset, or none (it is
-    claimed), or another one, which only `replace` may overwrite."""
+    claimed), or another one, which only `replace` may overwrite. Returns what it held before."""
     held = store.holder()
     if held == settings.dataset_origin:
-        return
+        return held
     if conflict := _conflict(store, settings, held):
         if not replace:
             raise DatasetConflict(conflict)
         log(f"{store.name}: --replace: the dataset of {held} at {store.target()} is overwritten by "
             f"{settings.dataset_origin}")
     store.claim(settings.dataset_origin)
+    return held
 
 
 def reach_stores(settings: Settings, names: list[str], replace: bool = False) -> None:
@@ -140,22 +142,38 @@ def reach_stores(settings: Settings, names: list[str], replace: bool = False) ->
         raise StoresNotReady(f"{len(problems)} of the stores to load cannot be loaded:\n  " + "\n  ".join(problems))
 
 
-def check_store(store: Store, data: Path, settings: Settings | None = None) -> dict:
+def sample_problems(name: str, tables: dict) -> list[str]:
+    """Sampled elements whose properties differ from the source (the default verification)."""
+    return [f"{name} {table}: {r['differ']:,} of {r['sampled']:,} sampled elements differ from the source "
+            f"(e.g. {', '.join(r['differ_sample'])})" for table, r in tables.items() if r.get("differ")]
+
+
+def drifted(verification: dict) -> list[str]:
+    """The tables a sampled verification found unlike their snapshot (or without one)."""
+    return [table for table, r in verification.items()
+            if not r["snapshot"] or r["missing"] or r["extra"] or r["differ"]]
+
+
+def check_store(store: Store, data: Path, settings: Settings | None = None, verification: dict | None = None) -> dict:
     """The figures of the store's suite, written to stores/<store>.json; raises ReconciliationFailed
     when the store's ids differ from the sources (naming them), NoDataset when it holds another
-    dataset."""
+    dataset. With a sampled `verification` (the store's verify()) its figures stand for the full
+    reconciliation, which reads back every id."""
     require_dataset(store, settings or Settings(data_dir=Path(data)))
-    tables = reconcile(store, data)
+    tables = reconcile(store, data) if verification is None else verification
     figures = store.checks(data)
     figures.update(
         store=store.name, target=store.target(),
+        verification="full" if verification is None else "sample",
+        read_back=sum(r.get("sampled", r["store"]) for r in tables.values()),
         count_mismatch=sum(abs(r["store"] - r["source"]) for r in tables.values()),
         missing_ids=sum(r["missing"] for r in tables.values()),
         extra_ids=sum(r["extra"] for r in tables.values()),
+        differing=sum(r.get("differ", 0) for r in tables.values()),
         tables=tables)
     with atomic_output(state_dir(data) / f"{store.name}.json") as tmp:
         tmp.write_text(json.dumps(figures, indent=2, sort_keys=True))
-    problems = reconciliation_problems(store.name, tables)
+    problems = reconciliation_problems(store.name, tables) + sample_problems(store.name, tables)
     if problems:
         raise ReconciliationFailed("reconciliation failed: " + "; ".join(problems))
     return figures
@@ -177,29 +195,72 @@ def recheck_stores(data: Path) -> list[str]:
     return checked
 
 
-def load_store(settings: Settings, name: str, log: Log, replace: bool = False) -> dict:
-    """Load one store from the data dir unless it already holds exactly these inputs; check it and
-    reconcile it after a load. A store holding another dataset is overwritten only with `replace`.
-    Returns a summary: status, target, per-table rows written and deleted."""
+def _verified(verification: dict | None) -> str:
+    if verification is None:
+        return "full: every id read back and compared"
+    return f"sample: {sum(r['sampled'] for r in verification.values()):,} elements read back and compared"
+
+
+def _unchanged(store: Store, counts: dict[str, int], verified: str) -> dict:
+    return {"store": store.name, "status": "unchanged", "target": store.target(), "verified": verified,
+            "tables": {t: {"rows": n, "written": 0, "deleted": 0} for t, n in counts.items()}}
+
+
+def load_store(settings: Settings, name: str, log: Log, replace: bool = False, verify: Verify = "sample") -> dict:
+    """Load one store from the data dir, then verify it: by default its counts and a fixed sample of
+    elements (stores with snapshots; the others reconcile every id), with verify="full" every element
+    and id. A store that already holds exactly these inputs is only verified; one found changed
+    outside the pipeline is repaired (the tables that differ compared in full). A store holding
+    another dataset is overwritten only with `replace`. Returns a summary: status, target, per-table
+    rows written and deleted, the verification that ran."""
     data = settings.data_dir
     store = STORES[name].open(settings)
     try:
-        claim_dataset(store, settings, replace, log)
+        held = claim_dataset(store, settings, replace, log)
+        sampled = isinstance(store, SnapshotStore)
+        snapshots = Snapshots(state_dir(data) / f"{name}.snapshot", store.target()) if sampled else None
+        if snapshots and (verify == "full" or held != settings.dataset_origin):
+            snapshots.clear()  # compared in full: with another dataset's graph, or as asked
         digest = inputs_digest(data, name, store.target())
         state_path = state_dir(data) / f"{name}.state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
         counts = store.counts()
+        verification = None
         if state.get("digest") == digest and state.get("counts") == counts:
-            log(f"{name}: inputs and counts unchanged since the last load: nothing to write")
-            return {"store": name, "status": "unchanged", "target": store.target(),
-                    "tables": {t: {"rows": n, "written": 0, "deleted": 0} for t, n in counts.items()}}
+            if not sampled:  # the store compares every row as it loads: counts tell it is intact
+                how = "counts"
+                if verify == "full":
+                    check_store(store, data, settings)
+                    how = _verified(None)
+                log(f"{name}: inputs and counts unchanged since the last load: nothing to write (verified: {how})")
+                return _unchanged(store, counts, how)
+            if verify == "sample":
+                verification = store.verify(data, snapshots, log)
+                if not (tables := drifted(verification)):
+                    check_store(store, data, settings, verification)
+                    log(f"{name}: inputs unchanged since the last load and {_verified(verification)}: nothing to write")
+                    return _unchanged(store, counts, _verified(verification))
+                log(f"{name}: {', '.join(tables)} differ from the last load (changed outside the pipeline): "
+                    "comparing them with the source in full")
+                snapshots.forget(tables)
         log(f"{name}: loading {data} into {store.target()}")
-        report = store.load(data, log)
-        check_store(store, data, settings)
+        report = store.load(data, log, snapshots) if sampled else store.load(data, log)
+        if sampled and verify == "sample":
+            verification = store.verify(data, snapshots, log)
+            if tables := drifted(verification):
+                log(f"{name}: the verification found {', '.join(tables)} unlike the source "
+                    f"({'; '.join(sample_problems(name, verification)) or 'counts differ'}): comparing them in full")
+                snapshots.forget(tables)
+                for table, again in store.load(data, log, snapshots).items():
+                    report[table].written += again.written
+                    report[table].deleted += again.deleted
+                    report[table].rows = again.rows
+                verification = store.verify(data, snapshots, log)
+        check_store(store, data, settings, verification)
         counts = store.counts()
         with atomic_output(state_path) as tmp:
             tmp.write_text(json.dumps({"digest": digest, "counts": counts, "target": store.target()}, indent=2))
-        return {"store": name, "status": "loaded", "target": store.target(),
+        return {"store": name, "status": "loaded", "target": store.target(), "verified": _verified(verification),
                 "tables": {t: r.as_dict() for t, r in report.items()}}
     finally:
         store.close()

@@ -11,9 +11,11 @@
   IVF_FLAT and AUTOINDEX: IVF_FLAT, nlist ~ 4 sqrt(rows), nprobe NPROBE, but it answers from an
   interim IVF_FLAT_CC index (nlist 100) it builds when it loads, whatever is asked (its log:
   VecIndexConfig): recall@10 ~0.5 at the 1M catalog (benchmarks/stores.py).
-- Idempotent: every row carries a digest of its fields and vector. A load reads the stored (id,
-  digest) pairs, inserts new ids, upserts changed ones, deletes ids gone from the source; unchanged
-  rows are not sent. Inserts go in INSERT_ROWS-row batches on Lite: measured here, Lite's server
+- Idempotent: every row carries a digest of its fields and vector. A load diffs the source's (id,
+  digest) pairs against its snapshot of the last load (tasks.stores.snapshot; without one, against
+  the pairs read back from the collection), inserts new ids, upserts changed ones, deletes ids gone
+  from the source; unchanged rows are not sent. Verified after: counts, and a fixed sample of rows
+  plus every row written, read back with their vectors and digested again. Inserts go in INSERT_ROWS-row batches on Lite: measured here, Lite's server
   time per row grows with the batch (250 rows: 17-20k rows/s; 1,000: 6.5k; 5,000: 0.4k).
 - Filter values are written into the expression as JSON literals (strings) or ints: expression
   templates (filter_params) came with Milvus 2.5; the local 2.3 server and Lite reject them.
@@ -32,6 +34,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 from pymilvus import DataType, MilvusClient
 from pymilvus.client.utils import SciPyHelper
 from pymilvus.exceptions import MilvusException
@@ -40,7 +44,8 @@ from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad, ordered, sample_ids, self_misses, unreachable
-from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
+from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, to_check, unverified, verdict
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_ids, h5_rows, row_digests, vector_batches
 
 COLLECTIONS = {"media_vectors": "media", "user_vectors": "users", "catalog_vectors": "catalog"}
 TABLES = {name: Keys(VECTOR_SETS[s].h5) for name, s in COLLECTIONS.items()}
@@ -76,6 +81,19 @@ def _collection(vector_set: str) -> str:
 
 def _literal(value: str | int) -> str:
     return str(int(value)) if isinstance(value, int) else json.dumps(str(value))
+
+
+def _content_digests(rows: list[dict], vector_set) -> pl.DataFrame:
+    """(id, stored): the digest of each stored row's fields and vector, computed as the load computes
+    the source's (sources.row_digests over the same columns and types)."""
+    types = {"str": pl.String, "int": pl.Int32, "list": pl.List(pl.String)}
+    schema = {"id": pl.String, **{f: types[t] for f, t in vector_set.fields.items()}}
+    if not rows:
+        return pl.DataFrame(schema={"id": pl.String, "stored": pl.Int64})
+    fields = pl.DataFrame([{f: (list(r[f]) if t == pl.List(pl.String) else r[f]) for f, t in schema.items()}
+                           for r in rows], schema=schema)
+    vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+    return fields.select("id").with_columns(stored=pl.Series(row_digests(fields, vectors), dtype=pl.Int64))
 
 
 def filter_expression(query: Query) -> str:
@@ -223,15 +241,22 @@ class MilvusStore:
             self.client.load_collection(collection)  # a no-op when loaded
 
     def _stored_digests(self, collection: str, log: Log) -> dict[str, int]:
+        """The full comparison: every stored row read back with its fields and vector and digested
+        again (not its stored digest field, which a row edited outside the pipeline keeps)."""
         rows = self.count(collection)
         if rows == 0:
             return {}
         self._ready(collection, rows, log)  # rows from a load killed before its index was built
+        vector_set = VECTOR_SETS[COLLECTIONS[collection]]
         stored: dict[str, int] = {}
-        iterator = self.client.query_iterator(collection, batch_size=16_384, filter="", output_fields=["digest"])
+        progress = Progress(lambda m: log(f"milvus {collection}: read back {m}"), "rows")
+        iterator = self.client.query_iterator(collection, batch_size=4_096, filter="",
+                                              output_fields=[*vector_set.fields, "vector"])
         try:
             while batch := iterator.next():
-                stored.update((row["id"], row["digest"]) for row in batch)
+                digests = _content_digests(batch, vector_set)
+                stored.update(zip(digests["id"].to_list(), digests["stored"].to_list()))
+                progress(len(stored), rows)
         finally:
             iterator.close()
         return stored
@@ -242,20 +267,31 @@ class MilvusStore:
         for start in range(0, len(rows), step):
             write(collection, rows[start:start + step])
 
-    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
+    def load(self, data: Path, log: Log, snapshots: Snapshots | None = None) -> dict[str, TableLoad]:
+        snapshots = snapshots or NoSnapshots()
         self.create_schema(data)
         report = {}
+        self.written = {}
         for collection, set_name in COLLECTIONS.items():
             vector_set = VECTOR_SETS[set_name]
             if not vector_set.path(data).exists():
                 continue
-            stored = self._stored_digests(collection, log)
+            before = snapshots.read(collection)
+            if before is not None and (held := self.count(collection)) != len(before):
+                log(f"milvus {collection}: the collection holds {held:,} rows, its last load left {len(before):,}: "
+                    "changed outside the pipeline; comparing it with the source in full")
+                before = None
+            stored = self._stored_digests(collection, log) if before is None else \
+                dict(zip(before["id"].to_list(), before[DIGEST].to_list()))
+            snapshots.forget([collection])
+            current, written = [], []
             result = TableLoad()
             total = h5_rows(vector_set.path(data))
             progress = Progress(lambda m, c=collection: log(f"milvus {c}: {m}"), "rows")
             done = 0
             for fields, vectors in vector_batches(data, vector_set, READ_ROWS):
                 _check_lists(fields, vector_set.fields, collection)
+                current.append(fields.select("id", pl.col("digest").alias(DIGEST)))
                 rows = fields.to_dicts()
                 new, changed = [], []
                 for row, vector in zip(rows, vectors):
@@ -266,6 +302,7 @@ class MilvusStore:
                     (new if before is None else changed).append(row)
                 self._send(collection, new, upsert=False)
                 self._send(collection, changed, upsert=True)
+                written += [row["id"] for row in new + changed]
                 result.written += len(new) + len(changed)
                 done += len(rows)
                 progress(done, total)
@@ -277,7 +314,37 @@ class MilvusStore:
             self._ready(collection, done, log)
             result.rows = self.count(collection)
             report[collection] = result
+            snapshots.save(collection, pl.concat(current) if current else pl.DataFrame(
+                schema={"id": pl.String, DIGEST: pl.Int64}))
+            self.written[collection] = pl.DataFrame({"id": written}, schema={"id": pl.String})
         return report
+
+    def verify(self, data: Path, snapshots: Snapshots, log: Log) -> dict[str, dict]:
+        """Per collection: the count against the snapshot, and a fixed sample of rows plus every row
+        the last load wrote, read back with their fields and vectors and digested again."""
+        result = {}
+        for collection, set_name in COLLECTIONS.items():
+            vector_set = VECTOR_SETS[set_name]
+            if not vector_set.path(data).exists():
+                continue
+            expected = snapshots.read(collection)
+            held = self.count(collection)
+            if expected is None:
+                result[collection] = unverified(held)
+                continue
+            checked = to_check(expected, ["id"], getattr(self, "written", {}).get(collection))
+            stored = self._digests_of(collection, vector_set, checked["id"].to_list())
+            result[collection] = verdict(expected, checked, stored, held, ["id"])
+        return result
+
+    def _digests_of(self, collection: str, vector_set, ids: list[str]) -> pl.DataFrame:
+        """(id, stored) of some rows: see _content_digests."""
+        self._load_once(collection)
+        rows = []
+        for start in range(0, len(ids), 1_000):
+            rows += self.client.get(collection, ids=ids[start:start + 1_000],
+                                    output_fields=[*vector_set.fields, "vector"])
+        return _content_digests(rows, vector_set)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -339,7 +406,7 @@ class MilvusStore:
             fields = {f["name"]: f for f in self.client.describe_collection(collection)["fields"]}
             dim = int(fields["vector"]["params"]["dim"])
             indexed = bool(self.client.list_indexes(collection))
-            misses = self_misses(self, set_name, sample_ids(self.ids(collection))) if indexed else 0
+            misses = self_misses(self, set_name, sample_ids(h5_ids(path))) if indexed else 0
             figures["dim_mismatch"] += int(dim != h5_dim(path))
             figures["missing_index"] += int(not indexed)
             figures["self_not_nearest"] += misses

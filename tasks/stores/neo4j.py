@@ -6,7 +6,8 @@ country, city, languages), Genre (name), Tag (id, name: the genome tags), Platfo
 business_model, monthly_price_usd). Relationships: RATED User->Media (rating, timestamp and the
 rating's context, time_of_day and day_of_week), TAGGED User->Media (one per free-text tag: tag,
 timestamp), HAS_GENRE Media->Genre, HAS_TAG Media->Tag (relevance; a movie's top 10 genome tags over
-0.5), AVAILABLE_ON Media->Platform (offer_type, price_usd, regions, quality_options,
+0.5), LIKED_BY Media->User (the item's first PEERS + 1 likers by user id: explain's peers, derived
+from the ratings), AVAILABLE_ON Media->Platform (offer_type, price_usd, regions, quality_options,
 subtitle_languages, audio_languages, hdr, dolby_atmos). No map-valued property (Neo4j rejects them:
 the seed's `location` map is flattened into country and city); lists hold strings only.
 
@@ -38,6 +39,7 @@ from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad, safe_url, unreachable
+from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, diff, rows_of, to_check, unverified, verdict, with_digest
 from tasks.stores.sources import StaleInputs
 
 BATCH = 10_000  # rows per UNWIND: larger batches were not faster over Bolt (store-load-probes)
@@ -59,6 +61,11 @@ RATINGS, TAGS = "processed/ratings.parquet", "processed/tags.parquet"
 GENOME_SCORES, GENOME_TAGS = "processed/genome_scores.parquet", "processed/genome_tags.parquet"
 AVAILABILITY = "synthetic/availability.parquet"
 TOP_TAGS, MIN_RELEVANCE = 10, 0.5
+LIKED = 4.0  # a rating at or above this is a like
+# Explain's peers of an item are its PEERS likers with the lowest user ids. A popular movie has ~80k
+# raters at 25m scale: LIKED_BY holds each item's first PEERS + 1 likers (one more: the asking user
+# is left out), so that a query reads 51 relationships, not every rating of the item.
+PEERS = 50
 
 
 def _read(data: Path, file: str, columns: list[str]) -> pl.LazyFrame:
@@ -83,10 +90,10 @@ class BulkImportRequired(PipelineError, RuntimeError):
     """A first load too large for Bolt: neo4j-admin's files are written; the message gives the command."""
 
 
-def _collect(frame: pl.LazyFrame, path: Path) -> pl.DataFrame:
+def _collect(frame: pl.LazyFrame, path: Path, engine: str = "auto") -> pl.DataFrame:
     """The source rows, or an error naming the file (polars' own does not, for a truncated file)."""
     try:
-        return _strings(frame).collect()
+        return _strings(frame).collect(engine=engine)
     except (pl.exceptions.PolarsError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0]
         raise StaleInputs(f"{path}: unreadable or without the columns the graph needs ({reason}); "
@@ -118,13 +125,23 @@ class NodeSet:
     def keys(self) -> list[str]:
         return [self.key]
 
+    def lazy(self, data: Path) -> pl.LazyFrame:
+        return _strings(self.rows(data))
+
     def frame(self, data: Path) -> pl.DataFrame:
         return _unique(_collect(self.rows(data), Path(data) / self.file), self.keys, Path(data) / self.file,
-                       self.label)
+                       self.name)
+
+    def digests(self, data: Path) -> pl.DataFrame:
+        """The keys and a digest of each row (what the snapshot keeps), keys checked unique."""
+        path = Path(data) / self.file
+        return _unique(_collect(with_digest(self.lazy(data), self.keys), path, "streaming"), self.keys, path,
+                       self.name)
 
     def read(self, data: Path) -> pl.Series:
         """The source keys, as ids() writes them."""
-        return self.frame(data)[self.key].cast(pl.String).alias("id")
+        return self.digests(data).select(pl.concat_str([pl.col(c).cast(pl.String) for c in self.keys], separator="/"))\
+            .to_series().alias("id")
 
 
 @dataclass(frozen=True)
@@ -144,14 +161,7 @@ class EdgeSet:
     def keys(self) -> list[str]:
         return ["start", "end"] + ([self.discriminator] if self.discriminator else [])
 
-    def frame(self, data: Path) -> pl.DataFrame:
-        return _unique(_collect(self.rows(data), Path(data) / self.file), self.keys, Path(data) / self.file,
-                       self.type)
-
-    def read(self, data: Path) -> pl.Series:
-        frame = self.frame(data)
-        return frame.select(pl.concat_str([pl.col(c).cast(pl.String) for c in self.keys], separator="/"))\
-            .to_series().alias("id")
+    lazy, frame, digests, read = NodeSet.lazy, NodeSet.frame, NodeSet.digests, NodeSet.read
 
 
 MEDIA = NodeSet("Media", "id", MOVIES, lambda d: _read(d, MOVIES, ["media_id", "title", "year", "imdb_id", "tmdb_id"])
@@ -187,6 +197,9 @@ EDGES = [
                                                                                     "rank"])
             .filter((pl.col("rank") <= TOP_TAGS) & (pl.col("relevance") > MIN_RELEVANCE))
             .select(start="media_id", end="tag_id", relevance="relevance")),
+    EdgeSet("LIKED_BY", MEDIA, USER, RATINGS, lambda d: _by_movie(d, RATINGS, ["user_id", "rating"])
+            .filter(pl.col("rating") >= LIKED).group_by("end").agg(pl.col("user_id").bottom_k(PEERS + 1))
+            .explode("user_id").select(start="end", end="user_id")),
     EdgeSet("AVAILABLE_ON", MEDIA, PLATFORM, AVAILABILITY, lambda d: _read(d, AVAILABILITY, [
         "media_id", "platform_id", "offer_type", "price_usd", "regions", "quality_options", "subtitle_languages",
         "audio_languages", "hdr", "dolby_atmos"]).rename({"media_id": "start", "platform_id": "end"})),
@@ -203,29 +216,30 @@ def _import_type(dtype: pl.DataType) -> str:
     return next(name for polars_type, name in IMPORT_TYPES.items() if dtype == polars_type)
 
 
-def _import_frame(frame: pl.DataFrame, ids: dict[str, str], path: Path) -> pl.DataFrame:
+def _import_frame(frame: pl.LazyFrame, ids: dict[str, str], path: Path) -> pl.LazyFrame:
     """A node or relationship frame under neo4j-admin's typed header: the id columns (`ids`: column ->
     header, the node key kept as a typed property too, so both paths give the same property types),
     `name:type` for the rest, arrays joined by ARRAY_DELIMITER."""
-    for column, dtype in frame.schema.items():
+    schema = frame.collect_schema()
+    for column, dtype in schema.items():
         if isinstance(dtype, pl.List):
             bad = frame.filter(pl.col(column).list.eval(pl.element().str.contains(ARRAY_DELIMITER, literal=True))
-                               .list.any())
+                               .list.any()).select(column).head(1).collect()
             if len(bad):
                 raise StaleInputs(f"{path}: {column} holds the array delimiter {ARRAY_DELIMITER!r} "
                                   f"(e.g. {bad[column][0].to_list()})")
     columns = [pl.col(c).cast(pl.String).alias(header) for c, header in ids.items()]
     columns += [(pl.col(c).list.join(ARRAY_DELIMITER) if isinstance(t, pl.List) else pl.col(c))
-                .alias(f"{c}:{_import_type(t)}") for c, t in frame.schema.items() if c not in ("start", "end")]
+                .alias(f"{c}:{_import_type(t)}") for c, t in schema.items() if c not in ("start", "end")]
     return frame.select(columns)
 
 
-def write_admin_import(data: Path, nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataFrame], out: Path,
+def write_admin_import(data: Path, nodes: dict[str, pl.LazyFrame], edges: dict[str, pl.LazyFrame], out: Path,
                        database: str = "neo4j") -> list[str]:
-    """neo4j-admin's import files for the graph's frames (by label and type, read from the data dir),
-    one CSV per label and relationship type, and the command that imports them into an empty database
-    (returned as argv, also in out/IMPORT.txt). Written to a temporary folder and renamed: a failed
-    write leaves no partial set."""
+    """neo4j-admin's import files for the graph's sources (by label and type; streamed, never held
+    whole), one CSV per label and relationship type, and the command that imports them into an empty
+    database (returned as argv, also in out/IMPORT.txt). Written to a temporary folder and renamed: a
+    failed write leaves no partial set."""
     from tasks.files import atomic_output
 
     data, out = Path(data), Path(out)
@@ -235,14 +249,14 @@ def write_admin_import(data: Path, nodes: dict[str, pl.DataFrame], edges: dict[s
         tmp.mkdir(parents=True)
         for node in NODES:
             if node.label in nodes:
-                frame = _import_frame(nodes[node.label], {node.key: f":ID({node.label})"}, data / node.file)
-                frame.write_csv(tmp / f"{node.label}.csv")
+                frame = _import_frame(nodes[node.label].lazy(), {node.key: f":ID({node.label})"}, data / node.file)
+                frame.sink_csv(tmp / f"{node.label}.csv")
                 command.append(f"--nodes={node.label}={out / f'{node.label}.csv'}")
         for edge in EDGES:
             if edge.type in edges:
-                frame = _import_frame(edges[edge.type], {"start": f":START_ID({edge.start.label})",
-                                                         "end": f":END_ID({edge.end.label})"}, data / edge.file)
-                frame.write_csv(tmp / f"{edge.type}.csv")
+                frame = _import_frame(edges[edge.type].lazy(), {"start": f":START_ID({edge.start.label})",
+                                                                "end": f":END_ID({edge.end.label})"}, data / edge.file)
+                frame.sink_csv(tmp / f"{edge.type}.csv")
                 command.append(f"--relationships={edge.type}={out / f'{edge.type}.csv'}")
         command.append(database)
         (tmp / "IMPORT.txt").write_text(shlex.join(command) + "\n")
@@ -253,10 +267,10 @@ def _importer_property(column: str, dtype: pl.DataType) -> str:
     return ("list:" if isinstance(dtype, pl.List) else IMPORTER_TYPES[dtype]) + column
 
 
-def write_local_import(nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataFrame], out: Path) -> Path:
-    """ArcadeDB GraphImporter's input: one JSONL file per label and type, and its config (returned).
-    Its numbers without a value become 0 and its ids are the keys' text: the load's comparison pass
-    afterwards puts every property as the Bolt path writes it."""
+def write_local_import(nodes: dict[str, pl.LazyFrame], edges: dict[str, pl.LazyFrame], out: Path) -> Path:
+    """ArcadeDB GraphImporter's input: one JSONL file per label and type (streamed from the sources),
+    and its config (returned). Its numbers without a value become 0: the load sets the properties of
+    the rows that have nulls over Bolt afterwards (_set_nulls)."""
     from tasks.files import atomic_output
 
     config = {"vertices": [], "edgeSources": []}
@@ -264,18 +278,20 @@ def write_local_import(nodes: dict[str, pl.DataFrame], edges: dict[str, pl.DataF
         tmp.mkdir(parents=True)
         for node in NODES:
             if node.label in nodes:
-                frame = nodes[node.label]
-                frame.write_ndjson(tmp / f"{node.label}.jsonl")
+                frame = nodes[node.label].lazy()
+                frame.sink_ndjson(tmp / f"{node.label}.jsonl")
                 config["vertices"].append({"type": node.label, "file": f"{node.label}.jsonl", "id": node.key,
-                                           "properties": {c: _importer_property(c, t) for c, t in frame.schema.items()}})
+                                           "properties": {c: _importer_property(c, t)
+                                                          for c, t in frame.collect_schema().items()}})
         for edge in EDGES:
             if edge.type in edges:
-                frame = edges[edge.type]
-                frame.write_ndjson(tmp / f"{edge.type}.jsonl")
+                frame = edges[edge.type].lazy()
+                frame.sink_ndjson(tmp / f"{edge.type}.jsonl")
                 config["edgeSources"].append({
                     "edge": edge.type, "file": f"{edge.type}.jsonl", "from": f"start:{edge.start.label}",
                     "to": f"end:{edge.end.label}",
-                    "properties": {c: _importer_property(c, t) for c, t in frame.schema.items() if c not in ("start", "end")}})
+                    "properties": {c: _importer_property(c, t) for c, t in frame.collect_schema().items()
+                                   if c not in ("start", "end")}})
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
     return out / "config.json"
 
@@ -357,19 +373,34 @@ class Neo4jStore:
 
     # --- load --------------------------------------------------------------------------------------
 
-    def _stored(self, spec: NodeSet | EdgeSet, like: pl.DataFrame, starts: list | None = None) -> pl.DataFrame:
-        """What the graph holds for a label or type (for relationships, those leaving `starts` when
-        given), in the source frame's columns and types."""
+    def _stored(self, spec: NodeSet | EdgeSet, schema: pl.Schema, starts: list | None = None,
+                keys: pl.DataFrame | None = None) -> pl.DataFrame:
+        """What the graph holds for a label or type, in the source's columns and types: every element,
+        those leaving `starts` (relationships), or those with `keys`."""
+        columns = list(schema)
         if isinstance(spec, NodeSet):
-            cypher = f"MATCH (n:{spec.label}) RETURN " + ", ".join(f"n.{c} AS {c}" for c in like.columns)
+            match = f"MATCH (n:{spec.label}) " if keys is None else \
+                f"UNWIND $keys AS k MATCH (n:{spec.label} {{{spec.key}: k.{spec.key}}}) "
+            cypher = match + "RETURN " + ", ".join(f"n.{c} AS {c}" for c in columns)
         else:
-            cypher = (f"MATCH (a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label}) "
-                      + (f"WHERE a.{spec.start.key} IN $starts " if starts is not None else "")
-                      + f"RETURN a.{spec.start.key} AS start, b.{spec.end.key} AS end"
-                      + "".join(f", r.{c} AS {c}" for c in like.columns[2:]))
+            pattern = f"(a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label})"
+            if keys is not None:
+                pattern = (f"UNWIND $keys AS k MATCH (a:{spec.start.label} {{{spec.start.key}: k.start}})"
+                           f"-[r:{spec.type}]->(b:{spec.end.label} {{{spec.end.key}: k.end}})"
+                           + (f" WHERE r.{spec.discriminator} = k.{spec.discriminator}" if spec.discriminator else ""))
+            else:
+                pattern = "MATCH " + pattern + (f" WHERE a.{spec.start.key} IN $starts" if starts is not None else "")
+            cypher = (f"{pattern} RETURN a.{spec.start.key} AS start, b.{spec.end.key} AS end"
+                      + "".join(f", r.{c} AS {c}" for c in columns[2:]))
+        rows = []
         with self.driver.session(database=self.database) as session:
-            rows = [tuple(r.values()) for r in session.run(cypher, starts=starts)]
-        return pl.DataFrame(rows, schema=like.schema, orient="row")
+            if keys is None:
+                rows = [tuple(r.values()) for r in session.run(cypher, starts=starts)]
+            else:
+                for first in range(0, len(keys), BATCH):
+                    batch = keys.slice(first, BATCH).to_dicts()
+                    rows += [tuple(r.values()) for r in session.run(cypher, keys=batch)]
+        return pl.DataFrame(rows, schema=schema, orient="row")
 
     def _write(self, cypher: str, rows: pl.DataFrame, label: str, log: Log) -> int:
         """UNWIND the rows in batches; returns how many the statement reports written."""
@@ -383,9 +414,9 @@ class Neo4jStore:
 
     def _diff(self, spec: NodeSet | EdgeSet, source: pl.DataFrame,
               starts: list | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-        """(new, updated, gone): source rows the graph lacks, source rows that differ from the graph's,
-        and the keys of the graph's elements the source lacks."""
-        stored = self._stored(spec, source, starts)
+        """The full comparison with the graph: (new, updated, gone), source rows the graph lacks,
+        source rows that differ from the graph's, and the keys of the graph's elements the source lacks."""
+        stored = self._stored(spec, source.schema, starts)
         digest = pl.struct(pl.all()).hash().alias("_digest")
         changed = source.with_columns(digest).join(stored.with_columns(digest).select([*spec.keys, "_digest"]),
                                                    on=[*spec.keys, "_digest"], how="anti", nulls_equal=True)\
@@ -395,26 +426,27 @@ class Neo4jStore:
                 changed.join(stored_keys, on=spec.keys, how="semi", nulls_equal=True),
                 stored_keys.join(source.select(spec.keys), on=spec.keys, how="anti", nulls_equal=True))
 
-    # New elements are CREATEd, not MERGEd: the comparison has just shown they are absent, and one load
-    # runs per store at a time (its concurrency limit); CREATE is ~2-4x faster over Bolt (store-load-probes).
+    # New elements are CREATEd, not MERGEd: the comparison or the snapshot has just shown they are
+    # absent, and one load runs per store at a time (its concurrency limit); CREATE is ~2-4x faster
+    # over Bolt (store-load-probes). A load killed midway leaves no snapshot of the table it wrote, so
+    # the next one compares that table in full instead of creating twice.
 
-    def _sync_nodes(self, node: NodeSet, source: pl.DataFrame, log: Log) -> tuple[TableLoad, pl.DataFrame]:
-        """Create what is new, SET what differs; return the keys of gone nodes, deleted last, once no
-        relationship of the source points at them."""
-        new, updated, gone = self._diff(node, source)
+    def _write_nodes(self, node: NodeSet, new: pl.DataFrame, updated: pl.DataFrame, log: Log) -> int:
+        """Create what is new, SET what differs (gone nodes are deleted last, once no relationship of
+        the source points at them)."""
         match = f"(n:{node.label} {{{node.key}: row.{node.key}}})"
         sets = "".join(f"{', ' if i else ' SET '}n.{p} = row.{p}"
-                       for i, p in enumerate(c for c in source.columns if c not in node.keys))
-        result = TableLoad(written=self._write(f"UNWIND $rows AS row CREATE {match}{sets} RETURN count(n) AS written",
-                                               new, node.label, log))
+                       for i, p in enumerate(c for c in new.columns if c not in node.keys))
+        written = self._write(f"UNWIND $rows AS row CREATE {match}{sets} RETURN count(n) AS written", new,
+                              node.label, log)
         if sets:
-            result.written += self._write(f"UNWIND $rows AS row MATCH {match}{sets} RETURN count(n) AS written",
-                                          updated, node.label, log)
-        return result, gone
+            written += self._write(f"UNWIND $rows AS row MATCH {match}{sets} RETURN count(n) AS written",
+                                   updated, node.label, log)
+        return written
 
-    def _sync_edge_part(self, edge: EdgeSet, source: pl.DataFrame, log: Log, starts: list | None = None) -> TableLoad:
-        """Delete gone relationships, create what is new, SET what differs (those leaving `starts`)."""
-        new, updated, gone = self._diff(edge, source, starts)
+    def _write_edges(self, edge: EdgeSet, new: pl.DataFrame, updated: pl.DataFrame, gone: pl.DataFrame,
+                     log: Log) -> TableLoad:
+        """Delete gone relationships, create what is new, SET what differs."""
         ends = (f"(a:{edge.start.label} {{{edge.start.key}: row.start}})",
                 f"(b:{edge.end.label} {{{edge.end.key}: row.end}})")
         rel = f"[r:{edge.type}" + (f" {{{edge.discriminator}: row.{edge.discriminator}}}]" if edge.discriminator
@@ -424,7 +456,7 @@ class Neo4jStore:
             self._write(f"UNWIND $rows AS row MATCH {ends[0]}-{rel}->{ends[1]} DELETE r RETURN count(*) AS written",
                         gone, edge.type, log)
         sets = "".join(f"{', ' if i else ' SET '}r.{p} = row.{p}"
-                       for i, p in enumerate(c for c in source.columns if c not in edge.keys))
+                       for i, p in enumerate(c for c in new.columns if c not in edge.keys))
         result.written = self._write(f"UNWIND $rows AS row MATCH {ends[0]} MATCH {ends[1]} CREATE (a)-{rel}->(b)"
                                      f"{sets} RETURN count(r) AS written", new, edge.type, log)
         if sets:
@@ -436,19 +468,40 @@ class Neo4jStore:
                               "relationships found no end node; rerun the load")
         return result
 
-    def _import_local(self, data: Path, nodes: dict, edges: dict, log: Log) -> None:
+    def _compare_edges(self, edge: EdgeSet, source: pl.DataFrame, starts: pl.Series, log: Log) -> TableLoad:
+        """The full comparison of a relationship type, in chunks of start nodes holding about
+        COMPARE_ROWS relationships, so that what is read back from the graph stays bounded (25M RATED
+        at 25m scale). Relationships of start nodes gone from the source go with their node's DETACH
+        DELETE."""
+        if len(source) <= COMPARE_ROWS:
+            return self._write_edges(edge, *self._diff(edge, source), log)
+        starts = starts.sort()
+        per_chunk = max(1, len(starts) * COMPARE_ROWS // len(source))
+        total, progress = TableLoad(), Progress(lambda m: log(f"neo4j {edge.type}: compared {m}"), "relationships")
+        done = 0
+        for first in range(0, len(starts), per_chunk):
+            keys = starts.slice(first, per_chunk)
+            part = source.filter(pl.col("start").is_in(keys.implode()))  # one chunk at a time: no second copy of all
+            result = self._write_edges(edge, *self._diff(edge, part, keys.to_list()), log)
+            total.written += result.written
+            total.deleted += result.deleted
+            done += len(part)
+            progress(done, len(source))
+        return total
+
+    def _import_local(self, data: Path, nodes: dict[str, pl.DataFrame], edges: dict[str, pl.LazyFrame],
+                      log: Log) -> None:
         """The local server's bulk path: ArcadeDB's GraphImporter writes the database from files with
         the server stopped (it ignores a running server's lock), into a staging folder swapped in
-        after; then the server starts again and the load's comparison pass checks (and completes)
-        every node and relationship over Bolt."""
+        after; then the server starts again, and the rows with null properties are set over Bolt."""
         from tasks import services
         from tasks.services import neo4j as neo4j_server
 
-        config = write_local_import(nodes, edges, data / LOCAL_IMPORT_DIR)
+        config = write_local_import({k: v.lazy() for k, v in nodes.items()}, edges, data / LOCAL_IMPORT_DIR)
         target = neo4j_server.database_dir(self.settings)
         staging = target.with_name(f".{target.name}.import")
-        log(f"neo4j: {sum(len(f) for f in edges.values()):,} relationships for an empty local graph: "
-            f"bulk import with ArcadeDB's GraphImporter from {config.parent} (the server is stopped meanwhile)")
+        log(f"neo4j: {sum(len(f) for f in nodes.values()):,} nodes for an empty local graph: bulk import with "
+            f"ArcadeDB's GraphImporter from {config.parent} (the server is stopped meanwhile)")
         started = time.perf_counter()
         self.driver.close()
         services.stop(self.settings, ["neo4j"])
@@ -464,31 +517,22 @@ class Neo4jStore:
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(config.parent, ignore_errors=True)  # as large as the sources: not kept
             services.start(self.settings, ["neo4j"])
             self._connect(self.settings.neo4j_target()[0])
-        log(f"neo4j: bulk import done in {time.perf_counter() - started:.1f} s; checking it over Bolt")
+        log(f"neo4j: bulk import done in {time.perf_counter() - started:.1f} s")
         self.claim(self.settings.dataset_origin)  # the imported database replaced the claimed one
         self.create_schema(data)
-
-    def _sync_edges(self, edge: EdgeSet, source: pl.DataFrame, starts: pl.Series, log: Log) -> TableLoad:
-        """_sync_edge_part in chunks of start nodes holding about COMPARE_ROWS relationships, so that what is
-        read back from the graph stays bounded (25M RATED at 25m scale). Relationships of start nodes
-        gone from the source go with their node's DETACH DELETE."""
-        if len(source) <= COMPARE_ROWS:
-            return self._sync_edge_part(edge, source, log)
-        starts = starts.sort()
-        per_chunk = max(1, len(starts) * COMPARE_ROWS // len(source))
-        total, progress = TableLoad(), Progress(lambda m: log(f"neo4j {edge.type}: compared {m}"), "relationships")
-        done = 0
-        for first in range(0, len(starts), per_chunk):
-            keys = starts.slice(first, per_chunk)
-            part = source.filter(pl.col("start").is_in(keys.implode()))  # one chunk at a time: no second copy of all
-            result = self._sync_edge_part(edge, part, log, keys.to_list())
-            total.written += result.written
-            total.deleted += result.deleted
-            done += len(part)
-            progress(done, len(source))
-        return total
+        for spec in [*NODES, *EDGES]:  # the importer wrote 0 for a number without a value
+            if spec.name in nodes or spec.name in edges:
+                source = nodes[spec.name].lazy() if spec.name in nodes else edges[spec.name]
+                rest = [c for c in source.collect_schema() if c not in spec.keys]
+                if rest:
+                    nulls = source.filter(pl.any_horizontal(pl.col(c).is_null() for c in rest)).collect()
+                    if isinstance(spec, NodeSet):
+                        self._write_nodes(spec, nulls.clear(), nulls, log)
+                    else:
+                        self._write_edges(spec, nulls.clear(), nulls, nulls.clear().select(spec.keys), log)
 
     def _check_ends(self, edge: EdgeSet, frame: pl.DataFrame, nodes: dict[str, pl.DataFrame], data: Path) -> None:
         """Every relationship's ends are nodes of the source: else name the file and the ids."""
@@ -496,57 +540,115 @@ class Neo4jStore:
             known = nodes[node.label].select(pl.col(node.key).alias(side))
             orphans = frame.select(side).unique().join(known, on=side, how="anti")
             if len(orphans):
-                sample = ", ".join(str(v) for v in orphans[side].head(3).to_list())
+                sample_ = ", ".join(str(v) for v in orphans[side].head(3).to_list())
                 raise StaleInputs(f"{Path(data) / edge.file}: {len(orphans):,} {edge.type} {side}s are no "
-                                  f"{node.label} of the source (e.g. {sample}; None: a movie missing from {MOVIES})")
+                                  f"{node.label} of the source (e.g. {sample_}; None: a movie missing from {MOVIES})")
 
-    def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
-        data = Path(data)
+    def load(self, data: Path, log: Log, snapshots: Snapshots | None = None) -> dict[str, TableLoad]:
+        """Diff each label and type against its snapshot and write only that; a table without a usable
+        snapshot (first load, killed load, drift, --verify full) is compared with the graph in full.
+        Relationship sources are streamed: only their keys and digests, and the changed rows, are held."""
+        data, snapshots = Path(data), snapshots or NoSnapshots()
         self.create_schema(data)
         present = lambda spec: (data / spec.file).exists()  # noqa: E731
         nodes = {n.label: n.frame(data) for n in NODES if present(n)}
-        edges = {}
+        current = {label: with_digest(frame.lazy(), TABLES[label].keys).collect() for label, frame in nodes.items()}
+        edges: dict[str, pl.LazyFrame] = {}
         for edge in EDGES:
             if present(edge) and edge.start.label in nodes and edge.end.label in nodes:
-                edges[edge.type] = edge.frame(data)
-                self._check_ends(edge, edges[edge.type], nodes, data)
-        rows = sum(len(f) for f in edges.values())
-        bulk = rows > BOLT_MAX_ROWS and not any(self.count(e) for e in edges)  # a large first load
-        if bulk and not self.local:
-            command = shlex.join(write_admin_import(data, nodes, edges, data / IMPORT_DIR, self.database))
-            log(f"neo4j: {rows:,} relationships for an empty graph: import them with neo4j-admin, on the "
-                f"Neo4j server with the database stopped: {command}")
-            raise BulkImportRequired(f"neo4j at {self.url}: a first load of {rows:,} relationships is a bulk "
-                                     f"import (over {BOLT_MAX_ROWS:,}); files written to {data / IMPORT_DIR}; run on "
-                                     f"the server: {command}; then start the database and rerun this load, "
-                                     "which adds the constraints and checks every node and relationship")
-        imported = {}
-        if bulk:
+                current[edge.type] = edge.digests(data)
+                self._check_ends(edge, current[edge.type], nodes, data)
+                edges[edge.type] = edge.lazy(data)
+        self.written = {}
+        rows = sum(len(current[e]) for e in edges)
+        if rows > BOLT_MAX_ROWS and not any(self.count(e) for e in edges):  # a large first load
+            if not self.local:
+                command = shlex.join(write_admin_import(data, nodes, edges, data / IMPORT_DIR, self.database))
+                log(f"neo4j: {rows:,} relationships for an empty graph: import them with neo4j-admin, on the "
+                    f"Neo4j server with the database stopped: {command}")
+                raise BulkImportRequired(
+                    f"neo4j at {self.url}: a first load of {rows:,} relationships is a bulk import (over "
+                    f"{BOLT_MAX_ROWS:,}); files written to {data / IMPORT_DIR}; run on the server: {command}; then "
+                    "start the database and rerun this load, which adds the constraints and verifies the graph")
+            snapshots.forget(current)
             self._import_local(data, nodes, edges, log)
-            imported = {name: len(frame) for name, frame in {**nodes, **edges}.items()}
+            for name, frame in current.items():
+                snapshots.save(name, frame)
+            return {name: TableLoad(rows=self.count(name), written=len(frame)) for name, frame in current.items()}
+
+        previous = {}
+        for name, frame in current.items():
+            before = snapshots.read(name)
+            if before is not None and (stored := self.count(name)) != len(before):
+                log(f"neo4j {name}: the graph holds {stored:,}, its last load left {len(before):,}: changed "
+                    "outside the pipeline; comparing it with the source in full")
+                before = None
+            previous[name] = before
         report: dict[str, TableLoad] = {}
         gone_nodes = {}
         for node in NODES:  # nodes first: relationships MATCH their ends
-            if node.label in nodes:
-                report[node.label], gone_nodes[node.label] = self._sync_nodes(node, nodes[node.label], log)
+            if node.label not in nodes:
+                continue
+            snapshots.forget([node.label])
+            if previous[node.label] is None:
+                new, updated, gone_nodes[node.label] = self._diff(node, nodes[node.label])
+            else:
+                changes = diff(current[node.label], previous[node.label], node.keys)
+                new, updated = (nodes[node.label].join(k, on=node.keys, how="semi")
+                                for k in (changes.new, changes.updated))
+                gone_nodes[node.label] = changes.gone
+            report[node.label] = TableLoad(written=self._write_nodes(node, new, updated, log))
+            self.written[node.label] = pl.concat([new.select(node.keys), updated.select(node.keys)])
         for edge in EDGES:
-            if edge.type in edges:
-                started = time.perf_counter()
-                report[edge.type] = self._sync_edges(edge, edges[edge.type], nodes[edge.start.label][edge.start.key],
-                                                     log)
-                if report[edge.type].written:
-                    log(f"neo4j {edge.type}: {report[edge.type].written:,} written in "
-                        f"{time.perf_counter() - started:.1f} s")
+            if edge.type not in edges:
+                continue
+            started = time.perf_counter()
+            snapshots.forget([edge.type])
+            if previous[edge.type] is None:
+                log(f"neo4j {edge.type}: comparing every relationship with the graph")
+                report[edge.type] = self._compare_edges(edge, edge.frame(data), nodes[edge.start.label][edge.start.key],
+                                                        log)
+            else:
+                changes = diff(current[edge.type], previous[edge.type], edge.keys)
+                new, updated = (rows_of(edges[edge.type], k, edge.keys) for k in (changes.new, changes.updated))
+                report[edge.type] = self._write_edges(edge, new, updated, changes.gone, log)
+                self.written[edge.type] = changes.written
+            snapshots.save(edge.type, current[edge.type])
+            if report[edge.type].written or report[edge.type].deleted:
+                log(f"neo4j {edge.type}: {report[edge.type].written:,} written, {report[edge.type].deleted:,} "
+                    f"deleted in {time.perf_counter() - started:.1f} s")
         for node in NODES:  # last: DETACH removes what is left of their edges
             gone = gone_nodes.get(node.label)
             if gone is not None and len(gone):
                 self._write(f"UNWIND $rows AS row MATCH (n:{node.label} {{{node.key}: row.{node.key}}}) "
                             "DETACH DELETE n RETURN count(*) AS written", gone, node.label, log)
                 report[node.label].deleted = len(gone)
+            if node.label in nodes:
+                snapshots.save(node.label, current[node.label])
         for name, table in report.items():
             table.rows = self.count(name)
-            table.written = max(table.written, imported.get(name, 0))  # what the comparison completed is imported too
         return report
+
+    def verify(self, data: Path, snapshots: Snapshots, log: Log) -> dict[str, dict]:
+        """The default verification: per label and type, the count against the snapshot, and a fixed
+        sample of elements (plus every element the last load wrote) read back and compared field by
+        field. One entry per table, in reconcile()'s form plus `sampled` (elements read back) and
+        `differ` (sampled elements whose properties differ); a table without a snapshot is reported as
+        such (`snapshot` False): it needs a full comparison."""
+        result = {}
+        for name, spec in TABLES.items():
+            if not (Path(data) / spec.file).exists():
+                continue
+            expected = snapshots.read(name)
+            held = self.count(name)
+            if expected is None:
+                result[name] = unverified(held)
+                continue
+            checked = to_check(expected, spec.keys, getattr(self, "written", {}).get(name))
+            stored = self._stored(spec, spec.lazy(data).collect_schema(), keys=checked.select(spec.keys))
+            stored = with_digest(stored.lazy(), spec.keys).rename({DIGEST: "stored"}).collect()
+            result[name] = verdict(expected, checked, stored, held, spec.keys)
+        return result
 
     # --- reads -------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from prefect.concurrency.sync import concurrency
 from tasks.caching import retry_transient
 from tasks.settings import Settings
 from tasks.stores import STORES
+from tasks.stores.base import Verify
 from tasks.stores.loading import load_store
 
 
@@ -32,10 +33,10 @@ def ensure_concurrency_limits(names: list[str], limit: int = 1) -> None:
 
 @task(name="load-store", task_run_name="load-{name}", retries=3, retry_delay_seconds=[2, 4, 8],
       retry_condition_fn=retry_transient)
-def load_store_task(data_dir: str, name: str, replace: bool = False) -> dict:
+def load_store_task(data_dir: str, name: str, replace: bool = False, verify: Verify = "sample") -> dict:
     """Load, check and reconcile one store under its global concurrency limit. Settings (store URLs)
     come from the environment and .env, never from parameters: no secret reaches the API."""
     logger = get_run_logger()
     settings = Settings(data_dir=Path(data_dir))
     with concurrency(STORES[name].concurrency_limit(), occupy=1, strict=True):
-        return load_store(settings, name, logger.info, replace)
+        return load_store(settings, name, logger.info, replace, verify)

@@ -44,22 +44,23 @@ MATCH (m)-[h:HAS_TAG]->(t)
 RETURN t.name AS name, h.relevance AS relevance, liked, examples
 ORDER BY liked DESC, relevance DESC, name LIMIT $limit"""
 
-# The item's likers first, each row one node (rows that carried the user's liked list past the ORDER BY
-# outgrew the server's query heap at 25m scale), then the user's liked items, once.
-PEER_USERS = """
+# Similar users: the peers' likes and the user's likes are read (both bounded: PEERS users' ratings and
+# one user's) and intersected here. In Cypher, `common.id IN mine` compared every peer like with every
+# item of the user's list: 700 ms for a user with 3,400 likes and peers with 16,000 (25m scale).
+PEER_LIKES = """
 MATCH (m:Media {id: $item})-[:LIKED_BY]->(peer:User)
 WHERE peer.id <> $user
 WITH peer ORDER BY peer.id LIMIT $peers
-WITH collect(peer) AS peers
+MATCH (peer)-[a:RATED]->(common:Media)
+WHERE a.rating >= $liked AND common.id <> $item
+RETURN peer.id AS peer, collect(common.id) AS items"""
+
+MY_LIKES = """
 MATCH (u:User {id: $user})-[b:RATED]->(mine:Media)
 WHERE b.rating >= $liked AND mine.id <> $item
-WITH peers, collect(mine.id) AS mine
-UNWIND peers AS peer
-MATCH (peer)-[a:RATED]->(common:Media)
-WHERE a.rating >= $liked AND common.id IN mine
-WITH peer, common ORDER BY common.id
-RETURN peer.id AS peer, count(common) AS shared, collect(common.title)[..$examples] AS examples
-ORDER BY shared DESC, peer LIMIT $limit"""
+RETURN collect(mine.id) AS items"""
+
+TITLES = "UNWIND $ids AS id MATCH (m:Media {id: id}) RETURN m.id AS id, m.title AS title"
 
 PLATFORMS = """
 MATCH (u:User {id: $user}), (m:Media {id: $item})-[a:AVAILABLE_ON]->(p:Platform)
@@ -126,6 +127,20 @@ def _require(graph, label: str, key) -> dict:
     return found[0]["node"]
 
 
+def _peer_users(graph, params: dict) -> list[dict]:
+    """The item's first PEERS likers (by id, not the user) ranked by the liked items they share with
+    the user, ties by id; up to EXAMPLES of those items (by id) as examples."""
+    mine = set(graph.query(MY_LIKES, **params)[0]["items"])
+    shared = {row["peer"]: [i for i in row["items"] if i in mine] for row in graph.query(PEER_LIKES, **params)}
+    shared = {peer: items for peer, items in shared.items() if items}
+    best = sorted(shared.items(), key=lambda p: (-len(p[1]), p[0]))[:params["limit"]]
+    examples = {peer: sorted(items)[:params["examples"]] for peer, items in best}
+    ids = sorted({i for items in examples.values() for i in items})
+    titles = {row["id"]: row["title"] for row in graph.query(TITLES, ids=ids)} if ids else {}
+    return [{"peer": peer, "shared": len(items), "examples": [titles[i] for i in examples[peer]]}
+            for peer, items in best]
+
+
 def explain(settings: Settings, user: int, item: str, limit: int = 5) -> list[Reason]:
     """Why `item` suits `user`, strongest reasons of each kind first."""
     graph = _graph(settings)
@@ -138,7 +153,7 @@ def explain(settings: Settings, user: int, item: str, limit: int = 5) -> list[Re
         reasons += [Reason("tag", f"{title} is tagged '{t['name']}' (relevance {t['relevance']:.2f}), like "
                                   f"{t['liked']} of the user's liked items", t) for t in _natural(graph.query(TAGS, **params))]
         reasons += [Reason("similar users", f"user {p['peer']} liked {title} and {p['shared']} items this user liked", p)
-                    for p in _natural(graph.query(PEER_USERS, **params))]
+                    for p in _natural(_peer_users(graph, params))]
         reasons += [Reason("platform", f"on {p['name']} ({p['offer']}) in {p['country']}", p)
                     for p in graph.query(PLATFORMS, **params)]
         return reasons

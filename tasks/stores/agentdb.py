@@ -508,7 +508,7 @@ class AgentDBStore:
             except sqlite3.DatabaseError as exc:
                 raise CorruptShard(f"agentdb: {path} cannot be read ({exc}); rerun the load to rewrite it") from exc
 
-    def checks(self, data: Path) -> dict:
+    def checks(self, data: Path, full: bool = True) -> dict:  # noqa: ARG002 - always every shard (not sampled)
         """Every shard as the load wrote it (size and sha256), under agentdb's size limit, rewards in
         [0, 1] and a policy for every user session; raises CorruptShard naming any bad file."""
         files = self._files()

@@ -121,8 +121,9 @@ class Store(Protocol):
     def ids(self, table: str) -> Iterable[str]:
         """Every key in a table or collection, as the source writes it (composite keys joined by '/')."""
 
-    def checks(self, data: Path) -> dict:
-        """Figures for the store's suite: vector dimensions, index present, self-nearest neighbours."""
+    def checks(self, data: Path, full: bool = True) -> dict:
+        """Figures for the store's suite: vector dimensions, index present, self-nearest neighbours.
+        full=False (after a sampled verification): nothing that scans the whole store."""
 
     def vector(self, vector_set: str, item: str) -> list[float] | None:
         """The stored vector of one item (None when absent): what a --like search starts from."""
@@ -145,8 +146,9 @@ class SnapshotStore(Store, Protocol):
     def load(self, data: Path, log: Log, snapshots: "Snapshots | None" = None) -> dict[str, TableLoad]:
         """Without snapshots: every table compared with the store in full."""
 
-    def verify(self, data: Path, snapshots: "Snapshots", log: Log) -> dict[str, dict]:
-        """Per table: counts against the snapshot and a fixed sample of elements compared field by field."""
+    def verify(self, data: Path, snapshots: "Snapshots", log: Log, counts: dict[str, int] | None = None) -> dict[str, dict]:
+        """Per table: the count (`counts`, else counted now) against the snapshot, and a fixed sample of
+        elements plus those the last load wrote, compared field by field."""
 
 
 def safe_url(url: str) -> str:

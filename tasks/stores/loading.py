@@ -22,7 +22,7 @@ from tasks.errors import PipelineError
 from tasks.files import atomic_output
 from tasks.settings import Settings
 from tasks.stores import STORES
-from tasks.stores.base import DatasetConflict, Log, SnapshotStore, Store, Verify, require_dataset
+from tasks.stores.base import DatasetConflict, Log, SnapshotStore, Store, TableLoad, Verify, require_dataset
 from tasks.stores.snapshot import Snapshots
 
 # Every built store's module is imported now, before any flow runs: pymilvus reconfigures logging on
@@ -161,7 +161,7 @@ def check_store(store: Store, data: Path, settings: Settings | None = None, veri
     reconciliation, which reads back every id."""
     require_dataset(store, settings or Settings(data_dir=Path(data)))
     tables = reconcile(store, data) if verification is None else verification
-    figures = store.checks(data)
+    figures = store.checks(data, full=verification is None)
     figures.update(
         store=store.name, target=store.target(),
         verification="full" if verification is None else "sample",
@@ -201,6 +201,11 @@ def _verified(verification: dict | None) -> str:
     return f"sample: {sum(r['sampled'] for r in verification.values()):,} elements read back and compared"
 
 
+def _counts(report: dict[str, TableLoad], before: dict[str, int]) -> dict[str, int]:
+    """The store's counts after a load: its report's, and the tables it did not load as they were."""
+    return {t: report[t].rows if t in report else n for t, n in before.items()}
+
+
 def _unchanged(store: Store, counts: dict[str, int], verified: str) -> dict:
     return {"store": store.name, "status": "unchanged", "target": store.target(), "verified": verified,
             "tables": {t: {"rows": n, "written": 0, "deleted": 0} for t, n in counts.items()}}
@@ -226,6 +231,10 @@ def load_store(settings: Settings, name: str, log: Log, replace: bool = False, v
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
         counts = store.counts()
         verification = None
+        if snapshots and (stale := [t for t, n in counts.items() if snapshots.rows(t) not in (None, n)]):
+            log(f"{name}: {', '.join(stale)} hold other counts than the last load left (changed outside the "
+                "pipeline): comparing them with the source in full")
+            snapshots.forget(stale)
         if state.get("digest") == digest and state.get("counts") == counts:
             if not sampled:  # the store compares every row as it loads: counts tell it is intact
                 how = "counts"
@@ -235,7 +244,7 @@ def load_store(settings: Settings, name: str, log: Log, replace: bool = False, v
                 log(f"{name}: inputs and counts unchanged since the last load: nothing to write (verified: {how})")
                 return _unchanged(store, counts, how)
             if verify == "sample":
-                verification = store.verify(data, snapshots, log)
+                verification = store.verify(data, snapshots, log, counts)
                 if not (tables := drifted(verification)):
                     check_store(store, data, settings, verification)
                     log(f"{name}: inputs unchanged since the last load and {_verified(verification)}: nothing to write")
@@ -246,7 +255,7 @@ def load_store(settings: Settings, name: str, log: Log, replace: bool = False, v
         log(f"{name}: loading {data} into {store.target()}")
         report = store.load(data, log, snapshots) if sampled else store.load(data, log)
         if sampled and verify == "sample":
-            verification = store.verify(data, snapshots, log)
+            verification = store.verify(data, snapshots, log, _counts(report, counts))
             if tables := drifted(verification):
                 log(f"{name}: the verification found {', '.join(tables)} unlike the source "
                     f"({'; '.join(sample_problems(name, verification)) or 'counts differ'}): comparing them in full")
@@ -255,9 +264,9 @@ def load_store(settings: Settings, name: str, log: Log, replace: bool = False, v
                     report[table].written += again.written
                     report[table].deleted += again.deleted
                     report[table].rows = again.rows
-                verification = store.verify(data, snapshots, log)
+                verification = store.verify(data, snapshots, log, _counts(report, counts))
         check_store(store, data, settings, verification)
-        counts = store.counts()
+        counts = _counts(report, counts)
         with atomic_output(state_path) as tmp:
             tmp.write_text(json.dumps({"digest": digest, "counts": counts, "target": store.target()}, indent=2))
         return {"store": name, "status": "loaded", "target": store.target(), "verified": _verified(verification),

@@ -384,9 +384,9 @@ class Neo4jStore:
             cypher = match + "RETURN " + ", ".join(f"n.{c} AS {c}" for c in columns)
         else:
             pattern = f"(a:{spec.start.label})-[r:{spec.type}]->(b:{spec.end.label})"
-            if keys is not None:
-                pattern = (f"UNWIND $keys AS k MATCH (a:{spec.start.label} {{{spec.start.key}: k.start}})"
-                           f"-[r:{spec.type}]->(b:{spec.end.label} {{{spec.end.key}: k.end}})"
+            if keys is not None:  # both ends looked up first: 8x faster on ArcadeDB than expanding from one
+                pattern = (f"UNWIND $keys AS k MATCH (a:{spec.start.label} {{{spec.start.key}: k.start}}) "
+                           f"MATCH (b:{spec.end.label} {{{spec.end.key}: k.end}}) MATCH (a)-[r:{spec.type}]->(b)"
                            + (f" WHERE r.{spec.discriminator} = k.{spec.discriminator}" if spec.discriminator else ""))
             else:
                 pattern = "MATCH " + pattern + (f" WHERE a.{spec.start.key} IN $starts" if starts is not None else "")
@@ -576,14 +576,7 @@ class Neo4jStore:
                 snapshots.save(name, frame)
             return {name: TableLoad(rows=self.count(name), written=len(frame)) for name, frame in current.items()}
 
-        previous = {}
-        for name, frame in current.items():
-            before = snapshots.read(name)
-            if before is not None and (stored := self.count(name)) != len(before):
-                log(f"neo4j {name}: the graph holds {stored:,}, its last load left {len(before):,}: changed "
-                    "outside the pipeline; comparing it with the source in full")
-                before = None
-            previous[name] = before
+        previous = {name: snapshots.read(name) for name in current}
         report: dict[str, TableLoad] = {}
         gone_nodes = {}
         for node in NODES:  # nodes first: relationships MATCH their ends
@@ -629,7 +622,7 @@ class Neo4jStore:
             table.rows = self.count(name)
         return report
 
-    def verify(self, data: Path, snapshots: Snapshots, log: Log) -> dict[str, dict]:
+    def verify(self, data: Path, snapshots: Snapshots, log: Log, counts: dict[str, int] | None = None) -> dict[str, dict]:
         """The default verification: per label and type, the count against the snapshot, and a fixed
         sample of elements (plus every element the last load wrote) read back and compared field by
         field. One entry per table, in reconcile()'s form plus `sampled` (elements read back) and
@@ -640,7 +633,7 @@ class Neo4jStore:
             if not (Path(data) / spec.file).exists():
                 continue
             expected = snapshots.read(name)
-            held = self.count(name)
+            held = self.count(name) if counts is None else counts[name]
             if expected is None:
                 result[name] = unverified(held)
                 continue
@@ -672,9 +665,13 @@ class Neo4jStore:
         with self.driver.session(database=self.database) as session:
             yield from (str(r["id"]) for r in session.run(cypher))
 
-    def checks(self, data: Path) -> dict:
+    def checks(self, data: Path, full: bool = True) -> dict:
+        """Schema present, and (full) relationships whose ends are not the labels they join: a scan of
+        every relationship (14 s for 25M RATED). After a sampled verification it is left out: the
+        sample's relationships were read through their labelled ends, so an orphan among them counts
+        as missing."""
         orphans = {}
-        for edge in EDGES:  # relationships whose ends are not the labels they join
+        for edge in EDGES if full else []:
             orphans[edge.type] = self.query(
                 f"MATCH (a)-[r:{edge.type}]->(b) WHERE NOT a:{edge.start.label} OR NOT b:{edge.end.label} "
                 "RETURN count(r) AS n")[0]["n"]

@@ -38,7 +38,7 @@ import pyarrow as pa
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad, ordered, safe_url, sample_ids, self_misses, unreachable
-from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_rows, vector_batches
+from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_ids, h5_rows, vector_batches
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 64, 100
 SQL_OPERATORS = {"==": "=", "contains": "@>", ">=": ">=", "<=": "<=", "!=": "<>"}
@@ -435,7 +435,7 @@ class PostgresStore:
             hits.append(Hit(row[0], float(row[-1]), values.pop("title", row[0]), values))
         return ordered(hits, query.k)  # relaxed_order may return neighbours slightly out of order
 
-    def checks(self, data: Path) -> dict:
+    def checks(self, data: Path, full: bool = True) -> dict:  # noqa: ARG002 - reads no more than its samples
         figures = {"dim_mismatch": 0, "missing_index": 0, "self_not_nearest": 0, "collections": {}}
         for name, set_name in EMBEDDINGS.items():
             path = VECTOR_SETS[set_name].path(data)
@@ -444,7 +444,7 @@ class PostgresStore:
                 continue
             dim = int(columns["embedding"].removeprefix("vector(").rstrip(")"))
             indexed = self.conn.execute("SELECT to_regclass(%s)", (f"{name}_hnsw",)).fetchone()[0] is not None
-            misses = self_misses(self, set_name, sample_ids(self.ids(name)))
+            misses = self_misses(self, set_name, sample_ids(h5_ids(path)))
             figures["dim_mismatch"] += int(dim != h5_dim(path))
             figures["missing_index"] += int(not indexed)
             figures["self_not_nearest"] += misses

@@ -91,6 +91,14 @@ class Snapshots:
             path.unlink(missing_ok=True)
             return None
 
+    def rows(self, table: str) -> int | None:
+        """How many rows the table's snapshot holds (from the Parquet footer), None without one."""
+        path = self._path(table)
+        try:
+            return pl.scan_parquet(path).select(pl.len()).collect().item() if path.exists() else None
+        except (pl.exceptions.PolarsError, OSError):
+            return None
+
     def forget(self, tables: Iterable[str]) -> None:
         for table in tables:
             self._path(table).unlink(missing_ok=True)
@@ -114,6 +122,9 @@ class NoSnapshots(Snapshots):
         pass
 
     def read(self, table: str) -> None:
+        return None
+
+    def rows(self, table: str) -> None:
         return None
 
     def forget(self, tables: Iterable[str]) -> None:

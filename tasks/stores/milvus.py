@@ -126,6 +126,7 @@ class MilvusStore:
             _reachable(self.uri, self.target(), self.local)
         self.client = self._connect(None)
         self.loaded: set[str] = set()  # collections this store has loaded for reads
+        self.written: dict[str, pl.DataFrame] = {}  # per collection, the ids the last load wrote (verified)
         if self.lite:
             with _LITE_LOCK:
                 _LITE_OPEN[self.uri] += 1
@@ -328,7 +329,7 @@ class MilvusStore:
             if expected is None:
                 result[collection] = unverified(held)
                 continue
-            checked = to_check(expected, ["id"], getattr(self, "written", {}).get(collection))
+            checked = to_check(expected, ["id"], self.written.get(collection))
             stored = self._digests_of(collection, vector_set, checked["id"].to_list())
             result[collection] = verdict(expected, checked, stored, held, ["id"])
         return result

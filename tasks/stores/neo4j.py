@@ -102,8 +102,16 @@ def _collect(frame: pl.LazyFrame, path: Path, engine: str = "auto") -> pl.DataFr
 
 def _unique(frame: pl.DataFrame, keys: list[str], path: Path, name: str) -> pl.DataFrame:
     """The frame, when its keys are unique: two rows for one node or edge would leave the graph with
-    whichever came last."""
-    twice = frame.select(keys).filter(pl.struct(keys).is_duplicated())
+    whichever came last. The keys' hashes are sorted and neighbours compared, and only rows whose
+    hash repeats are compared exactly (is_duplicated on the keys held 3 GB more and took 12 s for
+    25M RATED; this, 0.35 GB and 2 s)."""
+    hashed = frame.select(pl.struct(keys).hash(seed=0)).to_series()
+    ordered = hashed.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1))
+    if not len(repeated):
+        return frame
+    suspects = frame.filter(hashed.is_in(repeated.implode()))
+    twice = suspects.select(keys).filter(pl.struct(keys).is_duplicated())
     if len(twice):
         raise StaleInputs(f"{path}: {name} keys {', '.join(keys)} repeat in {len(twice):,} rows "
                           f"(e.g. {twice.row(0)})")
@@ -310,6 +318,7 @@ class Neo4jStore:
         self.settings = settings
         url, self.auth, self.database = settings.neo4j_target()
         self.local = settings.local_neo4j
+        self.written: dict[str, pl.DataFrame] = {}  # per label and type, the keys the last load wrote (verified)
         self.url = safe_url(url)
         self._connect(url)
 
@@ -637,7 +646,7 @@ class Neo4jStore:
             if expected is None:
                 result[name] = unverified(held)
                 continue
-            checked = to_check(expected, spec.keys, getattr(self, "written", {}).get(name))
+            checked = to_check(expected, spec.keys, self.written.get(name))
             stored = self._stored(spec, spec.lazy(data).collect_schema(), keys=checked.select(spec.keys))
             stored = with_digest(stored.lazy(), spec.keys).rename({DIGEST: "stored"}).collect()
             result[name] = verdict(expected, checked, stored, held, spec.keys)

@@ -60,6 +60,7 @@ READS = "Session"  # searches and item lookups: see the module docstring
 # CLI's own work) on the first search only to ask whether they are sparse matrices.
 SciPyHelper._checked = True
 READ_ROWS = 20_000  # rows read from the files per step
+DUPLICATE = -1  # a digest no row has (row digests are 63-bit, never negative): the row is upserted
 INSERT_ROWS = {"lite": 250, "server": 5_000}
 MAX_LIST = 64  # array capacity of genres, platforms and tags
 SCALAR = {"str": "VARCHAR", "int": "INT32", "list": "ARRAY"}
@@ -253,13 +254,20 @@ class MilvusStore:
         progress = Progress(lambda m: log(f"milvus {collection}: read back {m}"), "rows")
         iterator = self.client.query_iterator(collection, batch_size=4_096, filter="",
                                               output_fields=[*vector_set.fields, "vector"])
+        seen = 0
         try:
             while batch := iterator.next():
                 digests = _content_digests(batch, vector_set)
                 stored.update(zip(digests["id"].to_list(), digests["stored"].to_list()))
-                progress(len(stored), rows)
+                seen += len(batch)
+                progress(seen, rows)
         finally:
             iterator.close()
+        if rows > len(stored):
+            # Ids stored twice (inserts of a load killed before its flush, sent again): a query returns
+            # one row per id, so which ones is not known. Every row is upserted: Milvus then keeps one.
+            log(f"milvus {collection}: {rows:,} rows for {len(stored):,} ids: every row is written again")
+            stored = dict.fromkeys(stored, DUPLICATE)
         return stored
 
     def _send(self, collection: str, rows: list[dict], upsert: bool) -> None:
@@ -349,6 +357,8 @@ class MilvusStore:
         if not self.client.has_collection(collection):
             return 0
         if not self.client.list_indexes(collection):  # a collection must be indexed and loaded to be queried
+            # Its statistics count sealed segments only: rows a killed load inserted are sealed first.
+            self.client.flush(collection)
             return int(self.client.get_collection_stats(collection)["row_count"])
         self.client.load_collection(collection)  # a no-op when loaded
         return int(self.client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"])

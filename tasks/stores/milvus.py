@@ -44,7 +44,7 @@ from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad, ordered, sample_ids, self_misses, unreachable
-from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, to_check, unverified, verdict
+from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, verify_tables
 from tasks.stores.sources import VECTOR_SETS, Keys, h5_dim, h5_ids, h5_rows, row_digests, vector_batches
 
 COLLECTIONS = {"media_vectors": "media", "user_vectors": "users", "catalog_vectors": "catalog"}
@@ -327,20 +327,10 @@ class MilvusStore:
     def verify(self, data: Path, snapshots: Snapshots, log: Log, counts: dict[str, int] | None = None) -> dict[str, dict]:
         """Per collection: the count against the snapshot, and a fixed sample of rows plus every row
         the last load wrote, read back with their fields and vectors and digested again."""
-        result = {}
-        for collection, set_name in COLLECTIONS.items():
-            vector_set = VECTOR_SETS[set_name]
-            if not vector_set.path(data).exists():
-                continue
-            expected = snapshots.read(collection)
-            held = self.count(collection) if counts is None else counts[collection]
-            if expected is None:
-                result[collection] = unverified(held)
-                continue
-            checked = to_check(expected, ["id"], self.written.get(collection))
-            stored = self._digests_of(collection, vector_set, checked["id"].to_list())
-            result[collection] = verdict(expected, checked, stored, held, ["id"])
-        return result
+        present = {c: ["id"] for c, s in COLLECTIONS.items() if VECTOR_SETS[s].path(data).exists()}
+        return verify_tables(present, snapshots, self.written,
+                             lambda c: self.count(c) if counts is None else counts[c],
+                             lambda c, checked: self._digests_of(c, VECTOR_SETS[COLLECTIONS[c]], checked["id"].to_list()))
 
     def _digests_of(self, collection: str, vector_set, ids: list[str]) -> pl.DataFrame:
         """(id, stored) of some rows: see _content_digests."""

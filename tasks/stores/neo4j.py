@@ -39,7 +39,7 @@ from tasks.errors import PipelineError
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad, safe_url, unreachable
-from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, diff, rows_of, to_check, unverified, verdict, with_digest
+from tasks.stores.snapshot import DIGEST, NoSnapshots, Snapshots, diff, rows_of, verify_tables, with_digest
 from tasks.stores.sources import StaleInputs
 
 BATCH = 10_000  # rows per UNWIND: larger batches were not faster over Bolt (store-load-probes)
@@ -637,20 +637,14 @@ class Neo4jStore:
         field. One entry per table, in reconcile()'s form plus `sampled` (elements read back) and
         `differ` (sampled elements whose properties differ); a table without a snapshot is reported as
         such (`snapshot` False): it needs a full comparison."""
-        result = {}
-        for name, spec in TABLES.items():
-            if not (Path(data) / spec.file).exists():
-                continue
-            expected = snapshots.read(name)
-            held = self.count(name) if counts is None else counts[name]
-            if expected is None:
-                result[name] = unverified(held)
-                continue
-            checked = to_check(expected, spec.keys, self.written.get(name))
+        def read_back(name: str, checked: pl.DataFrame) -> pl.DataFrame:
+            spec = TABLES[name]
             stored = self._stored(spec, spec.lazy(data).collect_schema(), keys=checked.select(spec.keys))
-            stored = with_digest(stored.lazy(), spec.keys).rename({DIGEST: "stored"}).collect()
-            result[name] = verdict(expected, checked, stored, held, spec.keys)
-        return result
+            return with_digest(stored.lazy(), spec.keys).rename({DIGEST: "stored"}).collect()
+
+        present = {name: spec.keys for name, spec in TABLES.items() if (Path(data) / spec.file).exists()}
+        return verify_tables(present, snapshots, self.written,
+                             lambda name: self.count(name) if counts is None else counts[name], read_back)
 
     # --- reads -------------------------------------------------------------------------------------
 

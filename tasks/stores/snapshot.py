@@ -14,7 +14,7 @@ sample differs (verify_sample).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,3 +167,18 @@ def verdict(expected: pl.DataFrame, checked: pl.DataFrame, stored: pl.DataFrame,
             "extra": max(0, held - len(expected)), "differ": len(differ), "sampled": len(checked), "snapshot": True,
             "missing_sample": absent.sort().head(5).to_list(), "extra_sample": [],
             "differ_sample": differ.sort().head(5).to_list()}
+
+
+def verify_tables(tables: dict[str, list[str]], snapshots: Snapshots, written: dict[str, pl.DataFrame],
+                  held: Callable[[str], int], read_back: Callable[[str, pl.DataFrame], pl.DataFrame]) -> dict[str, dict]:
+    """A store's verify(): per table (name -> its keys), the count `held(name)` against the snapshot,
+    and the checked rows (to_check) read back by `read_back(name, checked)` -> keys and `stored` digest."""
+    result = {}
+    for name, keys in tables.items():
+        expected, count = snapshots.read(name), held(name)
+        if expected is None:
+            result[name] = unverified(count)
+            continue
+        checked = to_check(expected, keys, written.get(name))
+        result[name] = verdict(expected, checked, read_back(name, checked), count, keys)
+    return result

@@ -25,6 +25,40 @@ ROOT = Path(__file__).resolve().parent.parent
 # embed stage in the GPU image (deployments/gpu.Dockerfile) on a host with Docker and NVIDIA's
 # container toolkit; its template makes every container it starts ask for all GPUs.
 WORK_POOLS = {"local-process": ("process", None), "a100-gpu": ("docker", ROOT / "deployments/pools/a100-gpu.json")}
+# A flow run whose heartbeats (every 30 s: PREFECT_FLOWS_HEARTBEAT_FREQUENCY in prefect.yaml) stop for this
+# long lost its worker: the automation marks it Crashed, and the embed flow submits its shard again.
+LOST_RUN = "media-gateway: crash flow runs that lost their worker"
+LOST_AFTER_S = 75
+
+
+def ensure_lost_run_automation() -> None:
+    """Prefect's documented zombie-flow automation, made once (by name)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=LOST_RUN)
+        return
+    except ValueError:  # none of that name
+        pass
+    Automation(
+        name=LOST_RUN,
+        description="A flow run that stops sending heartbeats without finishing lost its worker.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=LOST_AFTER_S)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"No heartbeat for {LOST_AFTER_S} s: its worker is gone")],
+    ).create()
 
 
 def prefect_cli(*args: str, env: dict[str, str]) -> None:
@@ -47,8 +81,10 @@ def deploy(settings: Settings) -> None:
     prefect_cli("--no-prompt", "deploy", "--all", env=env)
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         ensure_concurrency_limits(list(STORES))
+        ensure_lost_run_automation()
     print(f"Registered every deployment of prefect.yaml on {api_url}; pools: {', '.join(WORK_POOLS)}; "
-          f"concurrency limits: {', '.join(spec.concurrency_limit() for spec in STORES.values())}")
+          f"concurrency limits: {', '.join(spec.concurrency_limit() for spec in STORES.values())}; "
+          f"automation: {LOST_RUN!r}")
 
 
 if __name__ == "__main__":

@@ -21,23 +21,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import cli_settings, load_settings, logs_to_data_dir, prefect_api, preflight
-from flows.embed import embed_flow
+from flows.embed import ShardCount, check_pool, embed_flow
 from flows.ingest import ingest_flow, ingest_summary
 from tasks.stores.base import Verify
 from flows.load import StoreName, add_store_flags, raise_on_failed, run_loads, skipped_stores, wanted_stores
 from flows.summary import Summary, text
 from flows.synthetic import synthetic_flow
 from tasks.caching import result_storage
-from tasks.errors import PipelineError, run_cli
+from tasks.errors import run_cli
 from tasks.ingest.movielens import OnBadRows
 from tasks.ingest.tasks import sample_release_task
 from tasks.settings import CatalogSize, RejectFraction, Settings
 from tasks.stores.loading import reach_stores
 from tasks.validate.tasks import validated
-
-# Work pool -> the embed deployment that runs there (prefect.yaml).
-EMBED_DEPLOYMENTS = {"a100-gpu": "embed/embed-gpu"}
-
 
 @dataclass(frozen=True)
 class Run:
@@ -47,6 +43,7 @@ class Run:
     on_bad_rows: OnBadRows
     max_reject_fraction: float
     embed_on: str | None
+    embed_shards: int | None
 
     @property
     def data(self) -> Path:
@@ -77,18 +74,10 @@ def _synthetic(run: Run) -> str:
 
 def _embed(run: Run) -> str:
     model = run.settings.model
-    if run.embed_on:
-        # The GPU pool's deployment; it reads and writes the same data dir through its volume.
-        from prefect.deployments import run_deployment
-
-        flow_run = run_deployment(EMBED_DEPLOYMENTS[run.embed_on], parameters={"model": model, "device": "cuda"},
-                                  as_subflow=True)
-        if not flow_run.state or not flow_run.state.is_completed():
-            state = flow_run.state.name if flow_run.state else "without a state"
-            raise RuntimeError(f"embedding on {run.embed_on} ended {state}")
-        return f"on the {run.embed_on} work pool (flow run {flow_run.name})"
-    written = embed_flow(data_dir=str(run.data), model=model, device=run.settings.device)
-    return f"{', '.join(sorted(written))} ({model}) -> {Path(written['media']).parent}"
+    written = embed_flow(data_dir=str(run.data), model=model, device=run.settings.device, pool=run.embed_on,
+                         shards=run.embed_shards)
+    where = f", shards on the {run.embed_on} work pool" if run.embed_on else ""
+    return f"{', '.join(sorted(written))} ({model}{where}) -> {Path(written['media']).parent}"
 
 
 @dataclass(frozen=True)
@@ -119,6 +108,7 @@ def full_flow(
     skip_validate: bool = False,
     skip_stores: list[StoreName] | None = None,
     embed_on: str | None = None,
+    embed_shards: ShardCount | None = None,
     replace: bool = False,
     verify: Verify = "sample",
 ) -> list[dict]:
@@ -139,19 +129,20 @@ def full_flow(
         skip_embed: reuse the embeddings already in the data dir.
         skip_validate: do not run the Great Expectations suites (not recommended before loads).
         skip_stores: stores not to load (milvus, postgres, neo4j, agentdb); the others load at once.
-        embed_on: run the embed stage on this GPU work pool's deployment (a100-gpu) instead of in this process.
+        embed_on: embed on this work pool (a100-gpu, local-process): one flow run of its embed-shard deployment
+            per shard, spread over the pool's workers; empty: in this process.
+        embed_shards: split each embedding set into this many shards (empty: shards of MG_EMBED_SHARD_ROWS texts).
         replace: overwrite a store namespace that holds another data dir's dataset (else the run stops
             before its first stage).
         verify: after each load, check counts and a fixed sample of elements (sample), or read every
             element back and compare it (full: the weekly schedule).
     """
     settings = load_settings(data_dir=data_dir, catalog_size=catalog_size, model=model, device=device)
-    if embed_on and embed_on not in EMBED_DEPLOYMENTS:
-        raise PipelineError(f"embed_on {embed_on!r}: no embed deployment on that pool; "
-                            f"choose one of {', '.join(EMBED_DEPLOYMENTS)}")
+    if embed_on and not skip_embed:
+        check_pool(embed_on)
     preflight(settings, None if skip_ingest else source, embed=not skip_embed and not embed_on)
     reach_stores(settings, wanted_stores(skip_stores), replace)
-    run = Run(settings, source, on_bad_rows, max_reject_fraction, embed_on)
+    run = Run(settings, source, on_bad_rows, max_reject_fraction, embed_on, embed_shards)
     summary = Summary(run.data)
     skipped = {"ingest": skip_ingest, "synthetic": skip_synthetic, "embed": skip_embed}
     writes = {stage.name: stage.writes for stage in STAGES}
@@ -215,14 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-reject-fraction", type=float, default=0.01,
                         help="stop when more than this share of a file's rows is rejected (default 0.01)")
     parser.add_argument("--embed-on", metavar="POOL",
-                        help="run the embed stage on a GPU work pool's deployment (e.g. a100-gpu) "
-                             "instead of in this process")
+                        help="embed on a work pool (e.g. a100-gpu): one flow run of its embed-shard deployment per "
+                             "shard, spread over its workers")
+    parser.add_argument("--embed-shards", type=int, metavar="N",
+                        help="split each embedding set into N shards (default: MG_EMBED_SHARD_ROWS texts each)")
     for stage in [*(s.name for s in STAGES), "validate"]:
         parser.add_argument(f"--skip-{stage}", action="store_true", help=f"do not run the {stage} stage")
     add_store_flags(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.max_reject_fraction <= 1:
         parser.error("--max-reject-fraction must be between 0 and 1")
+    if args.embed_shards is not None and args.embed_shards < 1:
+        parser.error("--embed-shards must be at least 1")
     # Every check that needs no stage runs before Prefect starts: a bad value is an error here, not mid-run.
     settings = cli_settings(data_dir=args.data_dir, catalog_size=args.catalog_size, model=args.model,
                             device=args.device)
@@ -239,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, device=args.device, on_bad_rows=args.on_bad_rows,
                 max_reject_fraction=args.max_reject_fraction, skip_ingest=args.skip_ingest,
                 skip_synthetic=args.skip_synthetic, skip_embed=args.skip_embed, skip_validate=args.skip_validate,
-                skip_stores=skipped_stores(args), embed_on=args.embed_on, replace=args.replace,
+                skip_stores=skipped_stores(args), embed_on=args.embed_on, embed_shards=args.embed_shards,
+                replace=args.replace,
                 verify=args.verify)
         print(f"\nFull refresh finished in {time.perf_counter() - started:.0f} s (data dir {settings.data_dir}):")
         print(text(rows))

@@ -18,6 +18,11 @@ class MissingInput(PipelineError, FileNotFoundError):
     """A stage's input is absent: the message names it and the stage that makes it."""
 
 
+class StaleInputs(PipelineError, ValueError):
+    """Inputs that disagree with each other or with what made them (embeddings and their datasets, an
+    index and its parts); the message names the file and how to fix it."""
+
+
 def bad_settings(exc) -> str:
     """A pydantic ValidationError as one line: each field with what is wrong (never the value, which
     may be a secret; never pydantic's link)."""

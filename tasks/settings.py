@@ -48,6 +48,9 @@ class Settings(BaseSettings):
                                                      "read before the Hugging Face cache.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     embed_batch_size: int = Field(256, ge=1, le=65_536, description="Texts per encode call.")
+    # 100k texts: minutes of a CPU core, seconds of a GPU, against ~15 s to start a shard's flow run.
+    embed_shard_rows: int = Field(100_000, ge=1, le=100_000_000,
+                                  description="Texts per embedding shard: one flow run each on a work pool.")
     embed_precision: Literal["auto", "fp32"] = Field(
         "auto", description="auto: fp16 on a GPU, bf16 on a CPU that has it natively (AMX/AVX512-BF16), else fp32.")
 

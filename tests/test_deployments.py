@@ -39,6 +39,12 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
         # One global concurrency limit per built store, one load at a time.
         assert {name: client.read_global_concurrency_limit_by_name(name).limit for name in limits} == \
             {name: 1 for name in limits}
+        # The automation that marks a flow run Crashed when its worker is gone (its heartbeats stop).
+        from prefect.automations import Automation
+
+        from deployments.deploy import LOST_AFTER_S, LOST_RUN
+        lost = Automation.read(name=LOST_RUN)
+        assert lost.trigger.within.total_seconds() == LOST_AFTER_S and lost.actions[0].state.value == "CRASHED"
         deployment = client.read_deployment_by_name("full-refresh/full-refresh")
         assert deployment.work_pool_name == "local-process"
         # Nightly with the sampled verification, Sundays with the full read-back of every store.
@@ -69,8 +75,13 @@ def test_deploy_trigger_and_schedule(prefect_server, running_services, tmp_path)
                 for r in scheduled}
         assert days <= {(True, "full"), (False, "sample")}, days
 
-        # The GPU deployment registers on its docker pool, and the container it would start asks for every GPU.
-        gpu = client.read_deployment_by_name("embed/embed-gpu")
+        # The embed shards' GPU deployment registers on its docker pool, and the container it would start asks
+        # for every GPU and sends heartbeats (a lost GPU host's shard is found and submitted again).
+        gpu = client.read_deployment_by_name("embed-shard/a100-gpu")
+        assert gpu.parameters["data_dir"] == "/data" and gpu.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
+        assert client.read_deployment_by_name("embed-shard/local-process").work_queue_name == "embed"
+        # The form of the full refresh offers the pool and the shard count.
+        assert {"type": "integer", "minimum": 1, "maximum": 100_000} in props["embed_shards"]["anyOf"]
         pool = client.read_work_pool("a100-gpu")
         assert (gpu.work_pool_name, pool.type) == ("a100-gpu", "docker")
         from prefect_docker.worker import DockerWorkerJobConfiguration

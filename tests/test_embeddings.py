@@ -4,6 +4,7 @@ refresh, user-vector weighting, bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -92,6 +93,76 @@ def test_refresh_re_encodes_only_what_changed(model, tmp_path):
     unchanged = [i for i in range(len(TEXTS)) if i != 7]
     assert np.array_equal(after[unchanged], before[unchanged])
     assert not np.allclose(after[7], before[7])
+
+
+def write_catalog(data: Path, texts: list[str]) -> None:
+    (data / "synthetic").mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"id": [f"c{i:03d}" for i in range(len(texts))], "content_text": texts}).write_parquet(
+        data / "synthetic" / "media_catalog.parquet")
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_a_set_is_shards_under_one_index_that_reruns_nothing_unchanged_and_rebuilds_what_broke(model, tmp_path):
+    """30 texts in shards of 8: one index over four parts (a virtual dataset, not a copy); a rerun
+    plans no shard; one changed text re-embeds exactly one shard, and encodes one text in it; a part
+    with a changed vector or cut short is found and embedded again; a missing part stops every reader."""
+    from tasks.embed.shards import manifest
+    from tasks.embed.tasks import embed_shards, index_set, plan_set
+    from tasks.errors import StaleInputs
+
+    data, name = tmp_path / "data", "all-MiniLM-L6-v2"
+    write_catalog(data, TEXTS)
+
+    def run() -> tuple[list, list]:
+        shards, todo = plan_set(data, "catalog", name, 8)
+        embed_shards(data, todo, name, "cpu", 256, log=lambda _: None)
+        index_set(data, "catalog", shards, todo, name, 1.0, model)
+        return shards, todo
+
+    shards, todo = run()
+    assert [(s.index, s.start, s.stop) for s in shards] == [(0, 0, 8), (1, 8, 16), (2, 16, 24), (3, 24, 30)]
+    assert todo == shards
+    index = data / "embeddings" / "catalog.h5"
+    ids, vectors = read_h5(index)
+    assert ids == sorted(ids) == [f"c{i:03d}" for i in range(30)]
+    encode_to_h5(frame(TEXTS), tmp_path / "whole.h5", model, name)  # one file, one process: the reference
+    assert cosines(vectors, read_h5(tmp_path / "whole.h5")[1]).min() >= 0.9999
+    with h5py.File(index) as f:
+        assert f["embeddings"].is_virtual and len(f["embeddings"].virtual_sources()) == 4
+    assert index.stat().st_size < vectors.nbytes / 2  # the index holds no copy of the vectors
+    assert [e["file"] for e in manifest(index)] == [f"catalog/part-{i:05d}.h5" for i in range(4)]
+
+    assert plan_set(data, "catalog", name, 8)[1] == []  # unchanged: nothing to embed
+    stamp = index.stat().st_mtime_ns
+    run()
+    assert index.stat().st_mtime_ns == stamp  # nor an index rewritten (what later stages cache on)
+
+    changed = list(TEXTS)
+    changed[10] = "A brand new documentary about lighthouses."
+    write_catalog(data, changed)
+    _, todo = run()
+    assert [s.index for s in todo] == [1]
+    stats = json.loads((data / "embeddings" / "stats.json").read_text())["catalog"]
+    assert (stats["shards_run"], stats["encoded"], stats["carried_over"]) == (1, 1, 7)
+    new_ids, new_vectors = read_h5(index)
+    assert new_ids == ids and np.array_equal(np.delete(new_vectors, 10, 0), np.delete(vectors, 10, 0))
+    assert cosines(new_vectors[10:11], vectors[10:11])[0] < 0.9
+
+    parts = data / "embeddings" / "catalog"
+    with h5py.File(parts / "part-00002.h5", "r+") as f:  # a flipped vector, its seal left as it was
+        f["embeddings"][3] = -f["embeddings"][3]
+    whole = (parts / "part-00003.h5").read_bytes()
+    (parts / "part-00003.h5").write_bytes(whole[: len(whole) // 2])  # cut short
+    _, todo = run()
+    assert [s.index for s in todo] == [2, 3]
+    assert cosines(read_h5(index)[1], new_vectors).min() >= 0.9999
+
+    (parts / "part-00000.h5").unlink()
+    with pytest.raises(StaleInputs, match="part-00000.h5 is missing"):
+        read_h5(index)
 
 
 def test_bad_input(model, tmp_path):
@@ -265,7 +336,7 @@ def test_movie_texts_read_article_last_titles_naturally(tmp_path):
     assert (2, "American President, The") in titles  # the data keeps MovieLens' form
 
 
-def test_embed_flow(prefect_server, tmp_path, monkeypatch, caplog):
+def test_embed_flow(prefect_server, tmp_path, monkeypatch):
     from flows.embed import embed_flow
     from tasks.ingest.movielens import ingest_release
     from tests.test_ingest import write_release
@@ -278,11 +349,18 @@ def test_embed_flow(prefect_server, tmp_path, monkeypatch, caplog):
     (tmp_path / "models" / name).symlink_to(model_path("all-MiniLM-L6-v2"))
     monkeypatch.setenv("MG_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    written = embed_flow(str(data), model=name, device="cpu")
+    records: list[logging.LogRecord] = []  # Prefect's loggers do not propagate to pytest's root handler
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logging.getLogger("prefect").addHandler(handler)
+    try:
+        written = embed_flow(str(data), model=name, device="cpu")
+    finally:
+        logging.getLogger("prefect").removeHandler(handler)
     with h5py.File(written["media"]) as f:
         assert f.attrs["model"] == name
     # Progress: done/total with a rate and an ETA or the end.
-    assert any("8/8 texts (100%)" in r.getMessage() and "texts/s" in r.getMessage() for r in caplog.records)
+    assert any("8/8 texts (100%)" in r.getMessage() and "texts/s" in r.getMessage() for r in records)
     ids, media = read_h5(written["media"])
     assert len(ids) == 8 and media.shape == (8, 384)
     users, vectors = read_h5(written["users"])

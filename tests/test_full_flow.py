@@ -16,7 +16,7 @@ from flows.full import main
 from tests.conftest import ROOT
 
 OPTIONS = ["--data-dir", "--source", "--catalog-size", "--model", "--device", "--on-bad-rows",
-           "--max-reject-fraction", "--embed-on", "--skip-ingest",
+           "--max-reject-fraction", "--embed-on", "--embed-shards", "--skip-ingest",
            "--skip-synthetic",
            "--skip-embed", "--skip-validate", "--no-milvus", "--no-postgres", "--no-neo4j", "--no-agentdb"]
 

@@ -22,7 +22,9 @@ The model registry and loading are in tasks.embed.models.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import h5py
 import numpy as np
 import polars as pl
 
+from tasks.errors import StaleInputs
 from tasks.files import atomic_output
 from tasks.embed.models import EmbeddingError, embedding_dim, encode, spec_for
 from tasks.ingest.movielens import natural_title
@@ -71,6 +74,10 @@ def content_hashes(blobs: Iterable[bytes]) -> np.ndarray:
 
 def text_hashes(texts: list[str]) -> np.ndarray:
     return content_hashes(t.encode() for t in texts)
+
+
+def vectors_digest(vectors: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(vectors, dtype="<f4").tobytes(), digest_size=16).hexdigest()
 
 
 def check_texts(frame: pl.DataFrame, source: str) -> None:
@@ -126,9 +133,12 @@ def _carried_over(path: Path, model_name: str, hashes: np.ndarray, ids: list[str
 
 
 def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_size: int = 256,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
-    """Encode frame (id, text) into `path`. Returns counts: encoded, carried_over, resumed, and
-    truncated (texts longer than the model's window, counted over the first 20,000 texts)."""
+                 progress: Callable[[int, int], None] | None = None, carry_from: Path | None = None,
+                 inputs_digest: str | None = None) -> dict:
+    """Encode frame (id, text) into `path`, taking the vectors of unchanged texts from `carry_from`
+    (default: `path` itself). Returns counts: encoded, carried_over, resumed, and truncated (texts
+    longer than the model's window, counted over the first 20,000 texts). `inputs_digest` seals the
+    finished file (attributes inputs_digest and vectors_digest: see tasks.embed.shards)."""
     check_texts(frame, str(path))
     spec = spec_for(model_name, model)
     ids, texts = frame["id"].to_list(), frame["text"].to_list()
@@ -142,10 +152,11 @@ def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_
     with _open_partial(path, ids, hashes, model_name, dim) as f:
         done = f["done"][:]
         counts["resumed"] = int(done.sum())
-        target, source = _carried_over(path, model_name, hashes, ids)
+        carry_from = carry_from or path
+        target, source = _carried_over(carry_from, model_name, hashes, ids)
         fresh = ~done[target] if len(target) else np.array([], dtype=bool)
         if fresh.any():
-            with h5py.File(path, "r") as old:
+            with h5py.File(carry_from, "r") as old:
                 _copy_rows(old["embeddings"], source[fresh], f["embeddings"], target[fresh])
             done[target[fresh]] = True
             f["done"][:] = done
@@ -166,6 +177,8 @@ def encode_to_h5(frame: pl.DataFrame, path: Path, model, model_name: str, batch_
             counts["encoded"] += len(rows)
         del f["done"]
         f.attrs["created_at"] = datetime.now(timezone.utc).isoformat()
+        if inputs_digest:
+            f.attrs.update(inputs_digest=inputs_digest, vectors_digest=vectors_digest(f["embeddings"][:]))
     path.with_name(path.name + ".partial").rename(path)
     return counts
 
@@ -192,8 +205,41 @@ def _scatter_rows(dataset: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -
     dataset[lo:hi] = block
 
 
+@contextmanager
+def open_vectors(path: Path) -> Iterator[h5py.File]:
+    """An embeddings file (a set's index or a plain file such as users.h5), checked before anything
+    reads it: readable, as many vectors as ids, vectors as wide as its dim attribute, and every part
+    of an index present with the digest its manifest names. A reader would otherwise zip ids with
+    fewer vectors, or read a missing part's rows as NaN."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StaleInputs(f"{path}: unreadable embeddings file ({exc}); rerun the embed stage") from exc
+    with f:
+        if "ids" not in f or "embeddings" not in f:
+            raise StaleInputs(f"{path}: no 'ids' or no 'embeddings' dataset; rerun the embed stage")
+        ids, (rows, width) = f["ids"].shape[0], f["embeddings"].shape
+        if rows != ids:
+            raise StaleInputs(f"{path}: {ids:,} ids but {rows:,} vectors; rerun the embed stage")
+        if int(f.attrs.get("dim", width)) != width:
+            raise StaleInputs(f"{path}: vectors are {width} wide, its dim attribute says {f.attrs['dim']}; "
+                                  "rerun the embed stage")
+        for entry in json.loads(f.attrs.get("parts", "[]")):
+            part = path.parent / entry["file"]
+            try:
+                with h5py.File(part, "r") as p:
+                    intact = p.attrs.get("vectors_digest") == entry["vectors_digest"]
+            except OSError:
+                intact = False
+            if not intact:
+                raise StaleInputs(f"{path}: its part {part} is missing or was rewritten since the index was "
+                                      "made; rerun the embed stage")
+        yield f
+
+
 def read_h5(path: Path) -> tuple[list[str], np.ndarray]:
-    with h5py.File(path, "r") as f:
+    with open_vectors(path) as f:
         ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
         return ids, f["embeddings"][:]
 

@@ -46,7 +46,8 @@ from tasks.files import ZSTD, atomic_output
 from tasks.progress import Progress
 from tasks.settings import Settings
 from tasks.stores.base import Hit, Log, Query, TableLoad
-from tasks.stores.sources import check_parquet, h5_ids, open_h5
+from tasks.embed.embeddings import open_vectors
+from tasks.stores.sources import check_parquet, h5_ids
 
 FORMAT = "agentdb-2"  # bump when what a shard holds changes: every shard is then rewritten
 MAX_SHARD_BYTES = 1 << 30
@@ -306,7 +307,7 @@ def _user_vectors(data: Path, ids: np.ndarray, first: int, last: int) -> dict[in
     rows = np.flatnonzero((ids >= first) & (ids <= last))
     if not len(rows):
         return {}
-    with open_h5(data / USER_VECTORS) as f:
+    with open_vectors(data / USER_VECTORS) as f:
         vectors = np.ascontiguousarray(f["embeddings"][rows], dtype="<f4")
     return {int(ids[r]): vectors[i].tobytes() for i, r in enumerate(rows)}
 

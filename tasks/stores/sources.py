@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import polars as pl
 
-from tasks.errors import PipelineError
-
-
-class StaleInputs(PipelineError, ValueError):
-    """The embeddings and the datasets they belong to disagree; the message says how to fix it."""
+from tasks.embed.embeddings import open_vectors
+from tasks.errors import StaleInputs
 
 
 @dataclass(frozen=True)
@@ -49,29 +44,8 @@ VECTOR_SETS = {s.name: s for s in [
 MISSING_YEAR = 0  # Milvus has no NULL in a filterable int field: a movie without a year is year 0
 
 
-@contextmanager
-def open_h5(path: Path) -> Iterator[h5py.File]:
-    """An embeddings file, checked before any store reads it: readable (not truncated), with as many
-    vectors as ids, and vectors as wide as its dim attribute. A store would otherwise drop rows (ids
-    zipped with fewer vectors) or fail deep in a driver without naming the file."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise StaleInputs(f"{path}: unreadable embeddings file ({exc}); rerun the embed stage") from exc
-    with f:
-        if "ids" not in f or "embeddings" not in f:
-            raise StaleInputs(f"{path}: no 'ids' or no 'embeddings' dataset; rerun the embed stage")
-        ids, (rows, width) = f["ids"].shape[0], f["embeddings"].shape
-        if rows != ids:
-            raise StaleInputs(f"{path}: {ids:,} ids but {rows:,} vectors; rerun the embed stage")
-        if int(f.attrs.get("dim", width)) != width:
-            raise StaleInputs(f"{path}: vectors are {width} wide, its dim attribute says {f.attrs['dim']}; "
-                              "rerun the embed stage")
-        yield f
-
-
 def h5_ids(path: Path) -> list[str]:
-    with open_h5(path) as f:
+    with open_vectors(path) as f:
         return [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
 
 
@@ -89,17 +63,17 @@ def check_parquet(path: Path, columns: list[str]) -> None:
 
 
 def h5_rows(path: Path) -> int:
-    with open_h5(path) as f:
+    with open_vectors(path) as f:
         return int(f["ids"].shape[0])
 
 
 def h5_dim(path: Path) -> int:
-    with open_h5(path) as f:
+    with open_vectors(path) as f:
         return int(f["embeddings"].shape[1])
 
 
 def h5_model(path: Path) -> str:
-    with open_h5(path) as f:
+    with open_vectors(path) as f:
         return str(f.attrs.get("model", ""))
 
 
@@ -166,7 +140,7 @@ def vector_batches(data: Path, vector_set: VectorSet, rows: int,
     """(fields, vectors) chunks in file order, `rows` at a time; fields include `id`, and `digest`
     unless digests is False (a store that compares rows itself)."""
     fields = vector_fields(data, vector_set)
-    with open_h5(vector_set.path(data)) as f:
+    with open_vectors(vector_set.path(data)) as f:
         matrix = f["embeddings"]
         for start in range(0, len(fields), rows):
             chunk = fields.slice(start, rows)

@@ -22,6 +22,7 @@ SMOKE = {
     "agentdb": ["--scale", "small", "--slice-users", "50"],
     "refresh": ["--scale", "small", "--catalog-size", "100", "--skip-validate"],
     "search": ["--scale", "small", "--runs", "1"],
+    "embed_scale": ["--texts", "200", "--shards", "2"],
 }
 
 

@@ -132,14 +132,14 @@ def _catalog(data: Path) -> dict:
 
 
 def _embeddings(data: Path) -> dict:
-    import h5py
+    from tasks.embed.embeddings import open_vectors
 
     folder = data / "embeddings"
     stats = json.loads((folder / "stats.json").read_text()) if (folder / "stats.json").exists() else {}
     row = {"nan_or_inf": 0, "not_unit_norm": 0, "dim_mismatch": 0, "ids_vs_rows": 0, "unique_ratio": 1.0,
            "similar_not_closer": 0}
     for path in sorted(folder.glob("*.h5")):
-        with h5py.File(path, "r") as f:
+        with open_vectors(path) as f:  # a set's index: every part present and as its manifest says
             vectors, ids = f["embeddings"][:], f["ids"].shape[0]
             row["dim_mismatch"] += int(vectors.shape[1] != int(f.attrs.get("dim", vectors.shape[1])))
         row["nan_or_inf"] += int((~np.isfinite(vectors)).sum())

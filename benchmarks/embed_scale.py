@@ -5,8 +5,8 @@ pool with 1 and with 2 workers (one torch thread each on this 2-core machine).
 
 Each path runs in its own child (which starts and stops the workers it uses, so its CPU seconds
 count theirs) against this benchmark's own Prefect server, with embed-shard/local-process registered
-by deployments/deploy.py. From the Prefect API, each shard's flow run: pickup (Scheduled -> Pending:
-the worker's poll), overhead (Pending -> Completed less the shard's own encode seconds: process start,
+by deployments/deploy.py. From the Prefect API, each shard's flow run: time queued (Scheduled -> Pending:
+waiting for a free worker, then its poll), overhead (Pending -> Completed less the shard's own encode seconds: process start,
 imports, model load) and encode rate. Texts/s count the shards' phase: from the first submission to
 the last shard done. The last line: scaling_efficiency (2-worker texts/s over twice the 1-worker
 texts/s), shard_overhead_fraction (overhead over overhead + a default-size shard's encode
@@ -123,7 +123,7 @@ def shard_figures(since: float) -> list[dict]:
             with h5py.File(part, "r") as f:
                 encode_s = json.loads(f.attrs["counts"])["seconds"]
             figures.append({"rows": shard["stop"] - shard["start"], "encode_s": encode_s,
-                            "pickup_s": states["PENDING"] - states["SCHEDULED"],
+                            "queued_s": states["PENDING"] - states["SCHEDULED"],
                             "overhead_s": states["COMPLETED"] - states["PENDING"] - encode_s})
     return figures
 
@@ -230,7 +230,7 @@ def main() -> None:
         "workers_peak_rss_mb": {"pool-1": one["workers_peak_rss_mb"], "pool-2": two["workers_peak_rss_mb"]},
         "scaling_efficiency": round(two["texts_per_s"] / (2 * one["texts_per_s"]), 3),
         "shard_overhead_s": round(overhead, 2),
-        "shard_pickup_s": round(sum(s["pickup_s"] for s in shards) / len(shards), 2),
+        "shard_queued_s": round(sum(s["queued_s"] for s in shards) / len(shards), 2),
         "worker_encode_texts_per_s": round(worker_rate, 1), "default_shard_rows": default_rows,
         "shard_overhead_fraction": round(overhead / (overhead + default_rows / worker_rate), 4),
         "min_cosine_vs_in_process": round(min(min_cosine(WORK / "in-process" / index, WORK / f"pool-{n}" / index)

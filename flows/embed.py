@@ -108,7 +108,9 @@ def run_on_pool(pool: str, shards: list[Shard], data_dir: str, model: str) -> No
     """One flow run per shard on the pool, submitted at once; a run that ends Failed or Crashed
     (a lost worker) is submitted again, up to SHARD_ATTEMPTS runs a shard."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
     from prefect.deployments import run_deployment
 
     if not shards:
@@ -117,21 +119,37 @@ def run_on_pool(pool: str, shards: list[Shard], data_dir: str, model: str) -> No
     check_pool(pool)
     name = shard_deployment(pool)
     with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
         # A deployment whose workers see the data dir elsewhere (a container's volume) names it itself.
-        own_data_dir = "data_dir" in client.read_deployment_by_name(name).parameters
+        own_data_dir = "data_dir" in deployment.parameters
+        in_flight = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))))
     attempts: dict[Shard, int] = {}
     running: dict = {}  # flow run id -> shard
 
+    def parameters(shard: Shard) -> dict:
+        return {"shard": shard.__dict__, "model": model, **({} if own_data_dir else {"data_dir": data_dir})}
+
     def submit(shard: Shard) -> None:
         attempts[shard] = attempts.get(shard, 0) + 1
-        parameters = {"shard": shard.__dict__, "model": model, **({} if own_data_dir else {"data_dir": data_dir})}
-        run = run_deployment(name, parameters=parameters, timeout=0, as_subflow=True,
+        run = run_deployment(name, parameters=parameters(shard), timeout=0, as_subflow=True,
                              tags=[f"{shard.set}-shard-{shard.index}"])
         running[run.id] = shard
 
+    # A run of the same shard still in flight (this flow was stopped and started again while its
+    # shards ran on) is waited for, not doubled: two runs would write one part.
     for shard in shards:
-        submit(shard)
-    logger.info("%s shard(s) submitted to %s", len(shards), name)
+        adopted = next((run for run in in_flight if {k: run.parameters.get(k) for k in parameters(shard)}
+                        == parameters(shard)), None)
+        if adopted:
+            attempts[shard], running[adopted.id] = 1, shard
+            logger.info("%s shard %s: flow run %s is still in flight; waiting for it", shard.set, shard.index,
+                        adopted.name)
+        else:
+            submit(shard)
+    logger.info("%s shard(s) on %s", len(shards), name)
     done, finished_runs = 0, []
     with get_client(sync_client=True) as client:
         while running:

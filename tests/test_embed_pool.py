@@ -103,6 +103,22 @@ def test_shards_spread_over_two_workers_rerun_nothing_and_survive_a_lost_worker(
         assert len(shard_runs(client)) == 6
     assert [p for p in sorted(stamps) if (parts / p).stat().st_mtime_ns != stamps[p]] == ["part-00002.h5"]
 
+    # A shard's run still in flight from an embed flow that was stopped (made here as that flow made
+    # it, before this one starts) is waited for, not submitted twice.
+    from prefect.deployments import run_deployment
+
+    from tasks.embed.tasks import plan_set
+
+    texts[500] = "Another changed text, about harbours."
+    write_catalog(data, texts)
+    (pending,) = plan_set(data, "catalog", "all-MiniLM-L6-v2", 150)[1]
+    orphan = run_deployment(f"embed-shard/{POOL}", timeout=0, parameters={
+        "shard": pending.__dict__, "model": "all-MiniLM-L6-v2", "data_dir": str(data)})
+    embed_flow(str(data), pool=POOL)
+    with get_client(sync_client=True) as client:
+        runs = shard_runs(client)
+    assert len(runs) == 7 and next(r for r in runs if r.id == orphan.id).state_name == "Completed"
+
     # A worker lost in the middle of a shard: long texts make a shard last seconds; when a part is being
     # written, the worker whose flow run holds it is killed with that run. The run stops sending
     # heartbeats, the automation marks it Crashed, the embed flow submits the shard again, and the

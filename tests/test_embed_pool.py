@@ -51,6 +51,7 @@ def workers(prefect_server, tmp_path):
     deployed = subprocess.run([sys.executable, "-m", "deployments.deploy"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # a free worker asks for the next shard at once (README)
     started = {}
     for name in ("embed-worker-1", "embed-worker-2"):
         log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
@@ -67,6 +68,9 @@ def workers(prefect_server, tmp_path):
 
 def test_shards_spread_over_two_workers_rerun_nothing_and_survive_a_lost_worker(
         workers, prefect_server, tmp_path, monkeypatch):
+    """Spread over both workers and equal to the in-process vectors; a rerun submits nothing; one changed
+    text runs one shard; a shard still in flight is waited for; a corrupt part is rebuilt; a worker
+    killed mid-shard loses nothing."""
     from tasks.embed.models import load_model
     from tasks.ingest.movielens import ingest_release
     from tests.test_ingest import write_release
@@ -118,6 +122,17 @@ def test_shards_spread_over_two_workers_rerun_nothing_and_survive_a_lost_worker(
     with get_client(sync_client=True) as client:
         runs = shard_runs(client)
     assert len(runs) == 7 and next(r for r in runs if r.id == orphan.id).state_name == "Completed"
+    assert pending.index == 3
+
+    # A corrupt part (cut short) is found by the next run and rebuilt on the pool: one run, no other.
+    whole = (parts / "part-00001.h5").read_bytes()
+    (parts / "part-00001.h5").write_bytes(whole[: len(whole) // 3])
+    written = embed_flow(str(data), pool=POOL)
+    with get_client(sync_client=True) as client:
+        runs = shard_runs(client)
+    catalog_shards = [r.parameters["shard"]["index"] for r in runs if r.parameters["shard"]["set"] == "catalog"]
+    assert len(runs) == 8 and catalog_shards.count(1) == 2  # its first run, and the rebuild
+    assert read_h5(Path(written["catalog"]))[0] == sorted(f"c{i:03d}" for i in range(600))
 
     # A worker lost in the middle of a shard: long texts make a shard last seconds; when a part is being
     # written, the worker whose flow run holds it is killed with that run. The run stops sending

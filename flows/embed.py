@@ -13,7 +13,6 @@ the automation deployments/deploy.py creates) is submitted again and may land on
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -59,12 +58,7 @@ def embed_flow(data_dir: str | None = None, model: str | None = None,
     names = [name for name in SETS
              if name == "media" or (catalog and (data / "synthetic" / "media_catalog.parquet").exists())]
     started = time.perf_counter()
-    plans = {}
-    for name in names:
-        rows = settings.embed_shard_rows
-        if shards:
-            rows = max(1, math.ceil(_set_rows(data, name) / shards))
-        plans[name] = plan_set_task(str(data), name, model, rows)
+    plans = {name: plan_set_task(str(data), name, model, settings.embed_shard_rows, shards) for name in names}
     todo = [shard for _, pending in plans.values() for shard in pending]
     if pool:
         run_on_pool(pool, [Shard.of(s) for s in todo], str(data), model)
@@ -77,28 +71,22 @@ def embed_flow(data_dir: str | None = None, model: str | None = None,
                for name, (every, pending) in plans.items()}
     users = user_vectors_task.with_options(result_storage=result_storage(data))(
         str(processed / "ratings.parquet"), written["media"], str(data / "embeddings" / "users.h5"))
-    return {"media": written["media"], "users": users, **{k: v for k, v in written.items() if k != "media"}}
-
-
-def _set_rows(data: Path, name: str) -> int:
-    import polars as pl
-
-    source = data / "processed" / "movies.parquet" if name == "media" else data / "synthetic" / "media_catalog.parquet"
-    return pl.scan_parquet(source).select(pl.len()).collect().item()
+    return {**written, "users": users}
 
 
 def shard_deployment(pool: str) -> str:
     return f"{SHARD_FLOW}/{pool}"
 
 
-def check_pool(pool: str) -> None:
-    """The pool's embed-shard deployment exists on the Prefect server (else the stage would wait forever)."""
+def check_pool(pool: str):
+    """The pool's embed-shard deployment, which must exist on the Prefect server (else the stage would
+    wait forever)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            client.read_deployment_by_name(shard_deployment(pool))
+            return client.read_deployment_by_name(shard_deployment(pool))
         except ObjectNotFound:
             raise PipelineError(f"no deployment {shard_deployment(pool)!r} on the Prefect server: register it with "
                                 "`python -m deployments.deploy` (prefect.yaml has one per pool)") from None
@@ -116,12 +104,10 @@ def run_on_pool(pool: str, shards: list[Shard], data_dir: str, model: str) -> No
     if not shards:
         return
     logger = get_run_logger()
-    check_pool(pool)
-    name = shard_deployment(pool)
+    deployment, name = check_pool(pool), shard_deployment(pool)
+    # A deployment whose workers see the data dir elsewhere (a container's volume) names it itself.
+    own_data_dir = "data_dir" in deployment.parameters
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(name)
-        # A deployment whose workers see the data dir elsewhere (a container's volume) names it itself.
-        own_data_dir = "data_dir" in deployment.parameters
         in_flight = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(

@@ -224,7 +224,7 @@ def open_vectors(path: Path) -> Iterator[h5py.File]:
             raise StaleInputs(f"{path}: {ids:,} ids but {rows:,} vectors; rerun the embed stage")
         if int(f.attrs.get("dim", width)) != width:
             raise StaleInputs(f"{path}: vectors are {width} wide, its dim attribute says {f.attrs['dim']}; "
-                                  "rerun the embed stage")
+                              "rerun the embed stage")
         for entry in json.loads(f.attrs.get("parts", "[]")):
             part = path.parent / entry["file"]
             try:
@@ -234,7 +234,7 @@ def open_vectors(path: Path) -> Iterator[h5py.File]:
                 intact = False
             if not intact:
                 raise StaleInputs(f"{path}: its part {part} is missing or was rewritten since the index was "
-                                      "made; rerun the embed stage")
+                                  "made; rerun the embed stage")
         yield f
 
 

@@ -31,6 +31,7 @@ from tasks.embed.embeddings import check_texts, text_hashes, vectors_digest
 from tasks.errors import StaleInputs
 from tasks.files import atomic_output
 
+
 @dataclass(frozen=True)
 class Shard:
     set: str
@@ -79,14 +80,17 @@ def shard_texts(embeddings: Path, shard: Shard, model: str) -> pl.DataFrame:
     frame = pl.scan_parquet(path).slice(shard.start, shard.rows).collect()
     if inputs_digest(frame, model) != shard.digest:
         raise StaleInputs(f"{path}: rows {shard.start:,}-{shard.stop:,} are not the texts shard {shard.index} "
-                              f"of set {shard.set} was planned for (rewritten since?): rerun the embed stage")
+                          f"of set {shard.set} was planned for (rewritten since?): rerun the embed stage")
     return frame
 
 
-def intact(part: Path) -> bool:
-    """Readable, sealed, and its vectors still those it was sealed with."""
+def intact(part: Path, digest: str | None = None, model: str | None = None) -> bool:
+    """Readable, sealed (for these inputs and this model, when given), and its vectors still those it
+    was sealed with."""
     try:
         with h5py.File(part, "r") as f:
+            if digest and (f.attrs.get("inputs_digest"), f.attrs.get("model")) != (digest, model):
+                return False
             return f.attrs.get("vectors_digest") == vectors_digest(f["embeddings"][:])
     except (OSError, KeyError):
         return False
@@ -94,16 +98,7 @@ def intact(part: Path) -> bool:
 
 def finished(embeddings: Path, shard: Shard, model: str) -> bool:
     """Whether the shard's part is complete, for these inputs and this model, and intact."""
-    part = shard.part(embeddings)
-    if not part.exists():
-        return False
-    try:
-        with h5py.File(part, "r") as f:
-            if f.attrs.get("inputs_digest") != shard.digest or f.attrs.get("model") != model:
-                return False
-    except OSError:
-        return False
-    return intact(part)
+    return intact(shard.part(embeddings), shard.digest, model)
 
 
 def write_index(embeddings: Path, name: str, shards: list[Shard], model: str) -> Path:

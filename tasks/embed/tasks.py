@@ -8,6 +8,7 @@ parts. User vectors are computed from the media set's index.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +34,15 @@ def set_texts(data: Path, name: str) -> pl.DataFrame:
     return catalog_texts(data / "synthetic" / "media_catalog.parquet").sort("id")
 
 
-def plan_set(data: Path, name: str, model: str, shard_rows: int) -> tuple[list[Shard], list[Shard]]:
-    """(every shard of the set, those still to embed)."""
+def plan_set(data: Path, name: str, model: str, shard_rows: int,
+             shard_count: int | None = None) -> tuple[list[Shard], list[Shard]]:
+    """(every shard of the set, those still to embed): shards of `shard_rows` texts, or `shard_count`
+    shards when given."""
     embeddings = data / "embeddings"
-    shards = prepare(embeddings, name, set_texts(data, name), model, shard_rows)
+    texts = set_texts(data, name)
+    if shard_count:
+        shard_rows = max(1, math.ceil(texts.height / shard_count))
+    shards = prepare(embeddings, name, texts, model, shard_rows)
     return shards, [s for s in shards if not finished(embeddings, s, model)]
 
 
@@ -109,10 +115,12 @@ def index_set(data: Path, name: str, shards: list[Shard], ran: list[Shard], mode
 
 
 @task(name="plan-embed-set")
-def plan_set_task(data_dir: str, name: str, model: str, shard_rows: int) -> tuple[list[dict], list[dict]]:
-    shards, todo = plan_set(Path(data_dir), name, model, shard_rows)
+def plan_set_task(data_dir: str, name: str, model: str, shard_rows: int,
+                  shard_count: int | None = None) -> tuple[list[dict], list[dict]]:
+    shards, todo = plan_set(Path(data_dir), name, model, shard_rows, shard_count)
     get_run_logger().info("%s: %s texts in %s shard(s) of up to %s; %s to embed", name,
-                          f"{sum(s.rows for s in shards):,}", len(shards), f"{shard_rows:,}", len(todo))
+                          f"{sum(s.rows for s in shards):,}", len(shards),
+                          f"{max((s.rows for s in shards), default=0):,}", len(todo))
     return [s.__dict__ for s in shards], [s.__dict__ for s in todo]
 
 

@@ -5,8 +5,9 @@
     python benchmarks/embed.py --bundle                                  # here: what a GPU machine needs
     python3 benchmarks/embed.py --gpu-only                               # there: GPU figures
 
-Ours: tasks.embed.models.load_model (fp16 on CUDA, bf16 on a CPU with AMX) and tasks.embed.models.encode
-(sentence-transformers sorts texts by length into batches: 256 on CPU, 1024 on a GPU). Baseline
+Ours: tasks.embed.models.load_model (fp16 on CUDA; on a CPU OpenVINO, in bf16 where the CPU has it
+natively) and tasks.embed.models.encode (sentence-transformers sorts texts by length into batches: 256
+on CPU, 1024 on a GPU). Baseline
 (seed 000): plain transformers AutoModel in fp32, fixed batches of 64 in input order, mean pooling.
 Both encode the same movie texts (a generated small release) with all-MiniLM-L6-v2, each in its own
 process, and the figures include how close our vectors are to the baseline's. The CPU run also
@@ -22,10 +23,10 @@ against the seed approach on the same GPU, the fp16 vectors' agreement with the 
 the GPU's FP16 peak the useful FLOPs represent. bge-base's weights are not on PyPI: unless they are
 in the Hugging Face cache, its figure comes from the same architecture (BERT-base, 768 x 12 layers,
 its tokenizer's vocabulary) with random weights, which costs exactly the same per token.
-Precisions: fp32, bf16 and torch's dynamic int8 each run in a child, with texts/s and agreement with
-fp32 vectors (minimum cosine, recall@10 of the fp32 neighbours over 2,000 distinct texts); the
-pipeline's `auto` uses bf16 only where the CPU has it natively. `--isa avx2` measures all of it on
-AVX2 code paths, as on a CPU without AVX512/AMX.
+Precisions: torch's fp32, bf16 and dynamic int8, and OpenVINO's fp32 and bf16 each run in a child,
+with texts/s and agreement with torch's fp32 vectors (minimum cosine, recall@10 of the fp32 neighbours
+over 2,000 distinct texts); the pipeline's `auto` is OpenVINO, in bf16 only where the CPU has it
+natively. `--isa avx2` measures all of it on AVX2 code paths, as on a CPU without AVX512/AMX.
 Last line: one JSON object. Targets: CPU >= the seed's throughput and <= 2 GB; GPU >= 30,000
 texts/s for MiniLM-L6 fp16; user vectors for 25M ratings <= 20 s; a precision is usable only at
 cosine >= 0.98 and recall@10 >= 0.95.
@@ -131,7 +132,7 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
     import numpy as np
     import torch
 
-    from tasks.embed.models import encode, load_model
+    from tasks.embed.models import encode, load_model, precision_of
 
     batch = texts(n, bundle)
     with tempfile.TemporaryDirectory() as workdir:
@@ -148,7 +149,7 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
     params = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
     figures = {"texts": n, "encode_s": round(seconds, 2), "texts_per_s": round(n / seconds, 1),
                "tokens_per_text": round(tokens / n, 1), "non_embedding_params": params,
-               "device": str(model.device), "weights": weights}
+               "device": str(model.device), "weights": weights, "precision": precision_of(model)}
     if device == "cuda":
         figures.update(gpu=torch.cuda.get_device_name(),
                        gpu_peak_mem_mb=round(torch.cuda.max_memory_allocated() / 2**20))
@@ -161,28 +162,31 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
     return figures
 
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "openvino-fp32", "openvino-bf16")
 # An AVX2-only CPU's code paths on any x86 CPU: torch's own kernels, oneDNN and MKL each held to AVX2.
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 AGREEMENT_ROWS = 2_000
 
 
 def precision_figures(n: int, precision: str) -> dict:
-    """texts/s of MiniLM-L6 on the CPU at one precision, and its agreement with fp32 vectors over
-    distinct movie texts: the minimum cosine, and recall@10 of the fp32 nearest neighbours. int8 is
-    torch's dynamic quantisation of every Linear layer (activations quantised per batch)."""
+    """texts/s of MiniLM-L6 on the CPU at one precision and runtime, and its agreement with torch's
+    fp32 vectors over distinct movie texts: the minimum cosine, and recall@10 of the fp32 nearest
+    neighbours. fp32, bf16 and int8 run in torch (int8: dynamic quantisation of every Linear layer,
+    activations quantised per batch); openvino-* are the pipeline's CPU runtime (with_openvino)."""
     import numpy as np
     import torch
 
-    from tasks.embed.models import encode, load_model
+    from tasks.embed.models import encode, load_model, with_openvino
 
     distinct = movie_texts_sample()[:AGREEMENT_ROWS]
-    model = load_model(MODEL, "cpu", precision="fp32")
+    model = load_model(MODEL, "cpu", precision="fp32", runtime="torch")
     reference = encode(model, distinct)
     if precision == "bf16":
         model = model.to(torch.bfloat16)
     elif precision == "int8":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision.startswith("openvino-"):
+        model = with_openvino(model, bf16=precision.endswith("bf16"))
     batch = texts(n)
     encode(model, batch[:64])  # warm-up
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -331,8 +335,9 @@ def main() -> None:
 
     figures: dict = {"benchmark": "embed", "model": MODEL, "texts": args.texts, "cpu": cpu_model(),
                      "isa": "AVX2 code paths (torch, oneDNN, MKL held to AVX2)" if args.isa == "avx2" else "native",
-                     "auto_precision": "bf16" if native_bf16_cpu() else "fp32"}
+                     "native_bf16": native_bf16_cpu()}
     ours_cpu = run_child(__file__, "ours-cpu", "--texts", str(args.texts))
+    figures["auto_precision"] = ours_cpu["precision"]
     seed = run_child(__file__, "seed", "--texts", str(args.texts))
     user = run_child(__file__, "users", "--users-scale", args.users_scale)
     precisions = {p: run_child(__file__, f"precision-{p}", "--texts", str(args.texts)) for p in PRECISIONS}

@@ -64,7 +64,7 @@ def embed_flow(data_dir: str | None = None, model: str | None = None,
         run_on_pool(pool, [Shard.of(s) for s in todo], str(data), model)
     else:
         embed_shards_task(str(data), todo, model, settings.device, settings.embed_batch_size, model_dir,
-                          settings.embed_precision)
+                          settings.embed_precision, settings.embed_runtime)
     seconds = time.perf_counter() - started
     written = {name: index_set_task(str(data), name, every, pending, model, seconds, model_dir,
                                     settings.embed_precision)
@@ -192,7 +192,8 @@ def embed_shard_flow(shard: dict, model: str | None = None, data_dir: str | None
     settings = load_settings(data_dir=data_dir, model=model, device=device, embed_batch_size=batch_size)
     piece = Shard.of(shard)
     logger = get_run_logger()
-    model_obj = load_model(settings.model, settings.device, settings.model_dir, settings.embed_precision)
+    model_obj = load_model(settings.model, settings.device, settings.model_dir, settings.embed_precision,
+                           settings.embed_runtime)
     label = f"{piece.set} shard {piece.index} ({piece.rows:,} texts)"
     counts = embed_shard(settings.data_dir / "embeddings", piece, model_obj, settings.model,
                          settings.embed_batch_size, Progress(lambda text: logger.info("%s: %s", label, text), "texts"))

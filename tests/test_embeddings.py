@@ -17,7 +17,7 @@ import pytest
 
 from tasks.embed import embeddings
 from tasks.embed.embeddings import encode_to_h5, movie_texts, quality, read_h5, user_vectors
-from tasks.embed.models import EmbeddingError, encode, load_model, model_path, native_bf16_cpu
+from tasks.embed.models import EmbeddingError, encode, load_model, model_path, native_bf16_cpu, precision_of
 
 TEXTS = [f"A {adj} film about {topic} and {thing}." for adj, topic, thing in zip(
     ["quiet", "loud", "slow", "tender", "grim", "funny", "bright", "dark", "strange", "gentle"] * 3,
@@ -52,14 +52,49 @@ def test_unit_vectors_deterministic_with_metadata(model, tmp_path):
 def test_half_precision_on_the_cpu_stays_close_to_fp32(model):
     import torch
 
-    full = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")
-    assert next(full.parameters()).dtype == torch.float32
-    assert next(model.parameters()).dtype == (torch.bfloat16 if native_bf16_cpu() else torch.float32)
-    half, exact = encode(model, TEXTS), encode(full, TEXTS)
-    assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
-    assert (half * exact).sum(axis=1).min() > 0.999
+    full = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32", runtime="torch")
+    assert next(full.parameters()).dtype == torch.float32 and precision_of(full) == "fp32"
+    assert precision_of(model) == ("bf16 (OpenVINO)" if native_bf16_cpu() else "fp32 (OpenVINO)")
+    torch_half = load_model("all-MiniLM-L6-v2", "cpu", runtime="torch")
+    assert next(torch_half.parameters()).dtype == (torch.bfloat16 if native_bf16_cpu() else torch.float32)
+    exact = encode(full, TEXTS)
+    for half in (encode(model, TEXTS), encode(torch_half, TEXTS)):
+        assert half.dtype == np.float32 and np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-5)
+        assert (half * exact).sum(axis=1).min() > 0.9999
     with pytest.raises(EmbeddingError, match="precision 'fp8'"):
         load_model("all-MiniLM-L6-v2", "cpu", precision="fp8")
+    with pytest.raises(EmbeddingError, match="runtime 'onnx'"):
+        load_model("all-MiniLM-L6-v2", "cpu", runtime="onnx")
+
+
+def test_openvino_runtime_gives_torch_vectors_for_any_batch(model):
+    """The batch is split over OpenVINO's parallel requests: one text, fewer texts than requests, an
+    odd count, a text past the model's window and an empty one all come back in order, equal to
+    torch's fp32 vectors (cosine >= 0.9999)."""
+    full = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32", runtime="torch")
+    fp32 = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")
+    assert precision_of(fp32) == "fp32 (OpenVINO)"
+    texts = TEXTS + ["word " * 400, "", "Toy Story (1995)"]
+    for count in (1, 2, 3, 7, len(texts)):
+        exact = encode(full, texts[:count])
+        for ours in (model, fp32):
+            assert (encode(ours, texts[:count], batch_size=5) * exact).sum(axis=1).min() > 0.9999
+    assert (encode(fp32, texts) * encode(full, texts)).sum(axis=1).min() > 0.99999  # fp32 is fp32
+
+
+def test_a_model_openvino_cannot_convert_is_encoded_by_torch(monkeypatch, caplog):
+    import openvino
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("unsupported operation")
+
+    monkeypatch.setattr(openvino, "convert_model", refuse)
+    with caplog.at_level(logging.WARNING, logger="tasks.embed.models"):
+        fallback = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")
+    assert "OpenVINO cannot run BertModel (unsupported operation): encoding with torch" in caplog.text
+    assert precision_of(fallback) == "fp32"
+    exact = encode(load_model("all-MiniLM-L6-v2", "cpu", precision="fp32", runtime="torch"), TEXTS)
+    assert (encode(fallback, TEXTS) * exact).sum(axis=1).min() > 0.99999
 
 
 def test_resume_after_interruption_matches_a_full_run(model, tmp_path, monkeypatch):
@@ -301,12 +336,13 @@ def test_quality_metrics(model, tmp_path):
 def test_auto_precision_is_fp32_on_avx2_code_paths():
     """Torch held to AVX2 (as on a CPU without AVX512/AMX) emulates bf16, slower than fp32: auto picks fp32."""
     script = ("import torch; from tasks.embed.models import load_model, native_bf16_cpu; "
-              "m = load_model('all-MiniLM-L6-v2', 'cpu'); print(native_bf16_cpu(), next(m.parameters()).dtype)")
+              "from tasks.embed.models import precision_of; "
+              "m = load_model('all-MiniLM-L6-v2', 'cpu'); print(native_bf16_cpu(), precision_of(m).split()[0])")
     held = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
                           env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
-    assert held.stdout.split() == ["False", "torch.float32"]
+    assert held.stdout.split() == ["False", "fp32"]
     native = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert native.stdout.split() == (["True", "torch.bfloat16"] if native_bf16_cpu() else ["False", "torch.float32"])
+    assert native.stdout.split() == (["True", "bf16"] if native_bf16_cpu() else ["False", "fp32"])
 
 
 def test_model_dir_setting_is_where_models_are_found(tmp_path, monkeypatch):

@@ -87,23 +87,85 @@ def native_bf16_cpu() -> bool:
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
-def load_model(name: str, device: str = "auto", model_dir: Path | None = None, precision: str = "auto"):
+def load_model(name: str, device: str = "auto", model_dir: Path | None = None, precision: str = "auto",
+               runtime: str = "auto"):
     """precision auto: fp16 on a GPU, bf16 on a CPU that has it natively, else fp32. Half precision
     is 2.5x fp32 on this project's Xeons (AMX) and twice on a GPU, at a cosine >= 0.9999 to fp32
-    vectors: nothing that matters for retrieval. precision "fp32" keeps full precision."""
+    vectors: nothing that matters for retrieval. precision "fp32" keeps full precision.
+    runtime auto: on a CPU the transformer runs in OpenVINO (see with_openvino), on a GPU in torch;
+    "torch" keeps torch everywhere."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     if precision not in ("auto", "fp32"):
         raise EmbeddingError(f"precision {precision!r}: use 'auto' or 'fp32'")
+    if runtime not in ("auto", "torch"):
+        raise EmbeddingError(f"runtime {runtime!r}: use 'auto' or 'torch'")
     device = resolve_device(device)
     model = SentenceTransformer(str(model_path(name, model_dir)), device=device, local_files_only=True)
-    if precision == "fp32":
+    half = precision == "auto" and (device == "cuda" or native_bf16_cpu())
+    if device == "cpu" and runtime == "auto":
+        return with_openvino(model.float(), bf16=half)
+    if not half:
         return model.float()  # a model saved in half precision loads as saved
-    if device == "cuda":
-        return model.half()
-    return model.to(torch.bfloat16) if device == "cpu" and native_bf16_cpu() else model.float()
+    return model.half() if device == "cuda" else model.to(torch.bfloat16)
+
+
+def with_openvino(model, bf16: bool):
+    """The model's transformer run by OpenVINO instead of torch (tokenizer, pooling and normalisation
+    stay sentence-transformers'). On the 2-core AMD EPYC (AVX512-BF16, no AMX) it encodes 1.5-2x
+    torch at the same precision (benchmarks/embed.py), at a cosine >= 0.99996 to torch's fp32 vectors:
+    OpenVINO keeps softmax and layer norms in fp32 under its bf16 hint. A batch is split over
+    OpenVINO's parallel requests (one per stream: the THROUGHPUT hint) with as many threads as torch
+    would take (OMP_NUM_THREADS holds both). A model OpenVINO cannot convert stays on torch, said so."""
+    import logging
+    import warnings
+
+    import torch
+
+    transformer = model[0].auto_model
+    try:
+        import openvino as ov
+
+        sample = model.tokenizer(["a film", "a longer text about a film"], padding=True, return_tensors="pt")
+        with warnings.catch_warnings():  # the tracer's notes on branches an encoder never takes
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(transformer, example_input=dict(sample))
+        compiled = ov.Core().compile_model(converted, "CPU", {
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    except Exception as exc:  # noqa: BLE001 - conversion fails in many ways; torch is always correct
+        logging.getLogger(__name__).warning("OpenVINO cannot run %s (%s): encoding with torch",
+                                            type(transformer).__name__, exc)
+        model.embed_precision = "bf16" if bf16 else "fp32"
+        return model.to(torch.bfloat16) if bf16 else model
+    inputs = [port.get_any_name() for port in compiled.inputs]
+    requests = [compiled.create_infer_request()
+                for _ in range(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))]
+
+    def forward(**features):
+        feeds = [features[name].numpy() for name in inputs]
+        pieces = np.array_split(np.arange(len(feeds[0])), len(requests))
+        used = [(request, rows) for request, rows in zip(requests, pieces) if len(rows)]
+        for request, rows in used:
+            request.start_async([feed[rows[0]:rows[-1] + 1] for feed in feeds])
+        for request, _ in used:
+            request.wait()
+        return {"last_hidden_state": torch.from_numpy(np.concatenate([r.get_output_tensor(0).data for r, _ in used]))}
+
+    transformer.forward = forward
+    model.embed_precision = f"{'bf16' if bf16 else 'fp32'} (OpenVINO)"
+    return model
+
+
+def precision_of(model) -> str:
+    """What the model computes in, for logs and stats: bf16 (OpenVINO), fp16, fp32, ..."""
+    import torch
+
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    dtype = next(model.parameters()).dtype
+    return getattr(model, "embed_precision", names.get(dtype, str(dtype)))
 
 
 def encode(model, texts: list[str], batch_size: int = 256) -> np.ndarray:

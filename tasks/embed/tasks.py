@@ -19,7 +19,7 @@ from prefect import get_run_logger, task
 
 from tasks.caching import key_from_inputs
 from tasks.embed.embeddings import catalog_texts, encode_to_h5, movie_texts, quality, user_vectors
-from tasks.embed.models import EmbeddingError, load_model
+from tasks.embed.models import EmbeddingError, load_model, precision_of
 from tasks.embed.shards import Shard, finished, intact, manifest, prepare, shard_texts, write_index
 from tasks.files import atomic_output
 from tasks.progress import Progress
@@ -61,7 +61,7 @@ def embed_shard(embeddings: Path, shard: Shard, model, model_name: str, batch_si
     carry_from = part if part.exists() else single_file if _single_file(single_file) else None
     counts = encode_to_h5(frame, part, model, model_name, batch_size, progress, carry_from, shard.digest)
     counts.update(seconds=round(time.perf_counter() - started, 2), device=str(model.device),
-                  precision=str(next(model.parameters()).dtype).removeprefix("torch."))
+                  precision=precision_of(model))
     with h5py.File(part, "r+") as f:  # what this run did, for the set's stats (not part of the seal)
         f.attrs["counts"] = json.dumps(counts)
     return counts
@@ -76,11 +76,12 @@ def _single_file(path: Path) -> bool:
 
 
 def embed_shards(data: Path, shards: list[Shard], model_name: str, device: str, batch_size: int,
-                 model_dir: str | None = None, precision: str = "auto", log: Callable[[str], None] = print) -> None:
+                 model_dir: str | None = None, precision: str = "auto", log: Callable[[str], None] = print,
+                 runtime: str = "auto") -> None:
     """Every given shard in this process, with one model."""
     if not shards:
         return
-    model = load_model(model_name, device, Path(model_dir) if model_dir else None, precision)
+    model = load_model(model_name, device, Path(model_dir) if model_dir else None, precision, runtime)
     for shard in shards:
         name = f"{shard.set} shard {shard.index} ({shard.rows:,} texts)"
         counts = embed_shard(data / "embeddings", shard, model, model_name, batch_size,
@@ -126,10 +127,10 @@ def plan_set_task(data_dir: str, name: str, model: str, shard_rows: int,
 
 @task(name="embed-shards")
 def embed_shards_task(data_dir: str, shards: list[dict], model: str, device: str, batch_size: int,
-                      model_dir: str | None = None, precision: str = "auto") -> None:
+                      model_dir: str | None = None, precision: str = "auto", runtime: str = "auto") -> None:
     logger = get_run_logger()
     embed_shards(Path(data_dir), [Shard.of(s) for s in shards], model, device, batch_size, model_dir, precision,
-                 logger.info)
+                 logger.info, runtime)
 
 
 @task(name="index-embed-set")
@@ -140,7 +141,8 @@ def index_set_task(data_dir: str, name: str, shards: list[dict], ran: list[dict]
     encoder = None
     if ran:
         try:
-            encoder = load_model(model, "cpu", Path(model_dir) if model_dir else None, precision)
+            # 64 texts: torch, not the seconds of an OpenVINO conversion
+            encoder = load_model(model, "cpu", Path(model_dir) if model_dir else None, precision, "torch")
         except EmbeddingError as exc:
             get_run_logger().warning("%s: no near-duplicate check (%s)", name, exc)
     out, counts = index_set(Path(data_dir), name, [Shard.of(s) for s in shards], [Shard.of(s) for s in ran],

@@ -47,7 +47,9 @@ def embed_query(settings: Settings, text: str) -> list[float]:
         return query_encoder(path).encode(text).tolist()
     from tasks.embed.models import encode, load_model
 
-    return encode(load_model(name, "cpu", settings.model_dir, settings.embed_precision), [text])[0].tolist()
+    # One text: converting the model for OpenVINO (~2 s) would cost more than torch's forward pass.
+    model = load_model(name, "cpu", settings.model_dir, settings.embed_precision, runtime="torch")
+    return encode(model, [text])[0].tolist()
 
 
 def vector_set_for(query: Query, like: str | None) -> str:

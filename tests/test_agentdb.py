@@ -15,7 +15,7 @@ import pytest
 from tasks.stores import episodes
 from tasks.settings import Settings
 from tasks.stores import agentdb
-from tasks.stores.loading import check_store, load_store
+from tasks.stores.loading import ReconciliationFailed, check_store, load_store
 from tasks.stores.sources import StaleInputs
 from tasks.synthetic.datasets import ARCHETYPE_NAMES
 from tests.agentdb import reader
@@ -154,8 +154,8 @@ def stored_rows(folder: Path) -> Counter:
 def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(store_data, tmp_path):
     settings = settings_for(store_data)
     folder = settings.agentdb_target()
-    summary = load_store(settings, "agentdb", lambda m: None)  # checks and reconciles every id
-    assert summary["status"] == "loaded"
+    summary = load_store(settings, "agentdb", lambda m: None, verify="full")  # reconciles every id
+    assert summary["status"] == "loaded" and summary["verified"].startswith("full")
     steps = pl.read_parquet(store_data / episodes.EPISODES)
     slots = pl.read_parquet(store_data / episodes.BUFFERS)
     users = steps["user_id"].n_unique()
@@ -241,6 +241,34 @@ def test_store_is_exact_idempotent_deterministic_and_updates_only_changed_rows(s
     healed = shard_state(folder)
     assert {n for n in healed if healed[n] != after[n]} == {victim.name}
     assert healed[victim.name][1] == after[victim.name][1]
+
+
+def test_a_load_verifies_counts_and_a_fixed_sample_that_names_a_wrong_row(store_data):
+    """The default verification reads back a fixed sample of users and the buffers, not every id; a
+    row the writer got wrong in a sampled user's session (the manifest's digest of the file updated
+    with it, so that only the comparison with the sources can see it) is named."""
+    settings = settings_for(store_data)
+    summary = load_store(settings, "agentdb", lambda m: None)
+    figures = json.loads((store_data / "stores" / "agentdb.json").read_text())
+    held = sum(t["store"] for t in figures["tables"].values())
+    assert figures["verification"] == "sample" and summary["verified"] == \
+        f"sample: {figures['read_back']:,} elements read back and compared"
+    assert 0 < figures["read_back"] < held and figures["differing"] == figures["missing_ids"] == 0
+    users = pl.read_parquet(store_data / episodes.SESSIONS)["user_id"]
+    sampled = users.sort().filter(users.sort().hash(seed=agentdb.SAMPLE_SEED).rank("ordinal") == 1).item()
+    store = agentdb.open_store(settings)
+    path = store.folder / f"shard-{sampled // 100:05d}.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE learning_experiences SET reward = 0.123 WHERE rowid = "
+                   "(SELECT min(rowid) FROM learning_experiences WHERE session_id = ?)", (f"user-{sampled}",))
+    manifest = json.loads((store.folder / agentdb.MANIFEST).read_text())
+    manifest["shards"][path.name].update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    (store.folder / agentdb.MANIFEST).write_text(json.dumps(manifest))
+    verification = store.verify_sample(store_data)
+    assert verification["learning_experiences"]["differ_sample"] == [f"user-{sampled}"]
+    assert sum(r["differ"] for r in verification.values()) == 1
+    with pytest.raises(ReconciliationFailed, match=f"learning_experiences: 1 of .* differ .*user-{sampled}"):
+        check_store(store, store_data, settings, verification)
 
 
 def test_an_unreadable_source_is_named_and_nothing_is_written(store_data):

@@ -301,10 +301,10 @@ def intact(path: Path, entry: dict | None) -> bool:
             and file_digest(path) == entry["sha256"])
 
 
-def _user_vectors(data: Path, ids: np.ndarray, first: int, last: int) -> dict[int, bytes]:
-    """User id -> vector as agentdb's embedding BLOB (little-endian float32), for users first..last;
-    `ids`: the user ids of embeddings/users.h5, in its row order (read once per load)."""
-    rows = np.flatnonzero((ids >= first) & (ids <= last))
+def _user_vectors(data: Path, ids: np.ndarray, wanted: np.ndarray) -> dict[int, bytes]:
+    """User id -> vector as agentdb's embedding BLOB (little-endian float32), for the users where
+    `wanted` (a mask over `ids`: the user ids of embeddings/users.h5, in its row order, read once per load)."""
+    rows = np.flatnonzero(wanted)
     if not len(rows):
         return {}
     with open_vectors(data / USER_VECTORS) as f:
@@ -318,6 +318,14 @@ def vector_ids(data: Path) -> np.ndarray:
     return np.array([int(u) for u in h5_ids(path)] if path.exists() else [], dtype=np.int64)
 
 
+def _transitions(data: Path) -> pl.DataFrame:
+    """The replay buffers' transitions in buffer order (each one's next state is the next row's)."""
+    # The episodes stream past the buffers' few transitions (the smaller side is the join's table).
+    return (pl.scan_parquet(data / episodes.EPISODES).join(pl.scan_parquet(data / episodes.BUFFERS),
+                                                           on=["user_id", "step"])
+            .collect(engine="streaming").sort("algorithm", "timestamp_ms", "user_id", "step"))
+
+
 def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int, old: dict | None,
                 with_vector: np.ndarray) -> tuple[dict, dict[str, TableLoad] | None]:
     """One shard (`shard` None: the replay buffers) from the Parquet datasets: (its manifest entry,
@@ -327,9 +335,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
     `with_vector` is vector_ids(data)."""
     steps_file = data / episodes.EPISODES
     if shard is None:
-        # The episodes stream past the buffers' few transitions (the smaller side is the join's table).
-        transitions = (pl.scan_parquet(steps_file).join(pl.scan_parquet(data / episodes.BUFFERS), on=["user_id", "step"])
-                       .collect(engine="streaming").sort("algorithm", "timestamp_ms", "user_id", "step"))
+        transitions = _transitions(data)
         entry = {"users": None, "digest": digest(transitions)}
         tables = lambda: _buffer_shard(transitions)  # noqa: E731
     else:
@@ -337,7 +343,7 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
         in_shard = pl.col("user_id").is_between(first, last)
         steps = pl.scan_parquet(steps_file).filter(in_shard).collect()
         sessions = pl.scan_parquet(data / episodes.SESSIONS).filter(in_shard).collect()
-        vectors = _user_vectors(data, with_vector, first, last)
+        vectors = _user_vectors(data, with_vector, (with_vector >= first) & (with_vector <= last))
         vector_frame = pl.DataFrame({"user_id": list(vectors), "v": list(vectors.values())},
                                     schema={"user_id": pl.Int64, "v": pl.Binary})
         entry = {"users": [first, last], "digest": digest(steps, sessions, vector_frame)}
@@ -354,6 +360,39 @@ def build_shard(data: Path, path: Path, shard: int | None, users_per_shard: int,
     entry["counts"] = {table: len(frame) for table, frame in content.items()}
     entry.update(bytes=path.stat().st_size, sha256=file_digest(path))
     return entry, report
+
+
+# --- the default verification: counts and a fixed sample ---------------------------------------------
+
+SAMPLE_USERS = 200  # users read back after every load (each: a session, its steps, a policy, an embedding)
+SAMPLE_SEED = 20_261_207
+
+
+def _stored_units(path: Path, table: str, sessions: list[str]) -> pl.DataFrame:
+    """(session, sorted row hashes) of some sessions' rows in one shard file, as SQLite holds them."""
+    key = "id" if table == "learning_sessions" else "session_id"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        cursor = db.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table} "  # noqa: S608 - names from COLUMNS
+                            f"WHERE {key} IN ({', '.join('?' * len(sessions))})", sessions)
+        rows = pl.DataFrame(cursor.fetchall(), schema=COLUMNS[table], orient="row", infer_schema_length=None)
+    return _units(rows, table)
+
+
+def _units(rows: pl.DataFrame, table: str) -> pl.DataFrame:
+    key = "id" if table == "learning_sessions" else "session_id"
+    return rows.select(unit=pl.col(key), _hash=row_hashes(rows, table)).group_by("unit").agg(
+        rows=pl.len(), hashes=pl.col("_hash").sort())
+
+
+def _sample_verdict(expected: pl.DataFrame, stored: pl.DataFrame, source: int, held: int) -> dict:
+    """One table's verification in reconcile()'s form (tasks.stores.snapshot.verdict's fields)."""
+    both = expected.join(stored, on="unit", how="left", suffix="_stored")
+    absent = both.filter(pl.col("hashes_stored").is_null())["unit"]
+    differ = both.filter(pl.col("hashes_stored").is_not_null() & (pl.col("hashes") != pl.col("hashes_stored")))["unit"]
+    return {"source": source, "store": held, "missing": max(len(absent), source - held), "extra": max(0, held - source),
+            "differ": len(differ), "sampled": int(stored["rows"].sum()), "snapshot": True,
+            "missing_sample": absent.sort().head(5).to_list(), "extra_sample": [],
+            "differ_sample": differ.sort().head(5).to_list()}
 
 
 # --- reconciliation sources --------------------------------------------------------------------------
@@ -480,6 +519,38 @@ class AgentDBStore:
         for table, rows in self.counts().items():
             report[table].rows = rows
         return report
+
+    def verify_sample(self, data: Path) -> dict[str, dict]:
+        """The default verification after a load (`--verify full` reads back every id instead): per
+        table the store's count against the source's, and the rows of a fixed sample of users (the
+        SAMPLE_USERS whose ids hash lowest: the same on every run) and of the replay buffers read back
+        and compared field by field with what the sources give. A shard edited outside the pipeline
+        is found by the check of every file's sha256 (checks())."""
+        data = Path(data)
+        sessions = pl.read_parquet(data / episodes.SESSIONS)
+        users = sessions.select("user_id").top_k(SAMPLE_USERS, by=pl.col("user_id").hash(seed=SAMPLE_SEED),
+                                                  reverse=True)["user_id"]
+        sessions = sessions.filter(pl.col("user_id").is_in(users.implode()))
+        steps = pl.scan_parquet(data / episodes.EPISODES).filter(pl.col("user_id").is_in(users.implode())).collect()
+        with_vector = vector_ids(data)
+        expected = _user_shard(steps, sessions, _user_vectors(data, with_vector, np.isin(with_vector, users.to_numpy())))
+        transitions = _transitions(data)
+        buffers = _buffer_shard(transitions)
+        by_file = {}
+        for name, entry in self.manifest()["shards"].items():
+            first, last = entry["users"] or (None, None)
+            mine = sessions if first is None else sessions.filter(pl.col("user_id").is_between(first, last))
+            by_file[name] = [f"replay-{a}" for a in transitions["algorithm"].unique().sort()] if first is None \
+                else mine["session_id"].to_list()
+        held = self.counts()
+        result = {}
+        for table, keys in TABLES.items():
+            want = pl.concat([_units(expected[table], table), _units(buffers[table], table)], how="vertical_relaxed")
+            stored = pl.concat([want.clear(), *(_stored_units(self.folder / name, table, ids)
+                                                for name, ids in by_file.items() if ids)], how="vertical_relaxed")
+            source = keys.ids(data).select(pl.len()).collect().item()
+            result[table] = _sample_verdict(want, stored, source, held[table])
+        return result
 
     # --- reads -------------------------------------------------------------------------------------
 

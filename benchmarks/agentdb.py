@@ -9,8 +9,9 @@ ratings, 162,541 users), the project's synthetic users for those ids, and random
 scale; their values do not change what is written).
 
 - ours: tasks.stores.loading.load_store(settings, "agentdb") from an empty folder: the Parquet
-  datasets, the shards, then the check and the reconciliation of every id; then the same call with
-  nothing changed. Peak RSS is the process's own (shards are written by threads in it). Then every
+  datasets, the shards, then the check and the default verification (counts and a fixed sample);
+  then the same call with nothing changed; with `verify="full"` (every id read back); and after three
+  new ratings of one user (`one_change_s`: one shard and the buffers updated, then verified). Peak RSS is the process's own (shards are written by threads in it). Then every
   shard opened with the real agentdb (npm agentdb@1.6.1, tests/agentdb): its open time.
 - seed: the seed's method (seed-scripts-review.md): pandas, a Python loop per user and per rating
   building dict states, (r - 1) / 4 rewards, 200 steps per user, every episode held in a list, then
@@ -86,10 +87,41 @@ def ours() -> dict:
     shards_done = max(t for t, m in events if "shards of" in m)
     rerun_started = time.perf_counter()
     again = load_store(settings(), "agentdb", lambda m: None)
+    rerun_s = time.perf_counter() - rerun_started
+    started = time.perf_counter()
+    load_store(settings(), "agentdb", lambda m: None, verify="full")
+    full_s = time.perf_counter() - started
+    one = one_change()
     return {"stage_s": round(shards_done, 1), "datasets_s": round(datasets, 1),
-            "check_and_reconcile_s": round(loaded - shards_done, 1),
+            "check_and_reconcile_s": round(loaded - shards_done, 1), "verified": summary["verified"],
             "tables": {t: r["rows"] for t, r in summary["tables"].items()}, "status": summary["status"],
-            "rerun_s": round(time.perf_counter() - rerun_started, 2), "rerun_status": again["status"]}
+            "rerun_s": round(rerun_s, 2), "rerun_status": again["status"],
+            "verify_full_unchanged_s": round(full_s, 1), **one}
+
+
+def one_change() -> dict:
+    """Three new ratings of one user: the load that follows (what a refresh's AgentDB step costs)."""
+    import polars as pl
+
+    from tasks.stores.loading import load_store
+
+    ratings = DATA / "processed" / "ratings.parquet"
+    original = ratings.with_name("ratings.original.parquet")
+    os.replace(ratings, original)
+    try:
+        frame = pl.read_parquet(original)
+        user = frame["user_id"].max()
+        newest = frame.filter(pl.col("user_id") == user).sort("timestamp").tail(3)
+        pl.concat([frame, newest.with_columns(movie_id=pl.col("movie_id") + 1_000_000,
+                                              timestamp=pl.col("timestamp") + 60)]).write_parquet(ratings)
+        del frame
+        started = time.perf_counter()
+        summary = load_store(settings(), "agentdb", lambda m: None)
+        seconds = time.perf_counter() - started
+    finally:
+        os.replace(original, ratings)
+    return {"one_change_s": round(seconds, 1), "one_change_verified": summary["verified"],
+            "one_change_written": {t: r["written"] for t, r in summary["tables"].items()}}
 
 
 def open_shards() -> dict:
@@ -171,7 +203,10 @@ def main() -> None:
               "peak_rss_mb": round(baseline["peak_rss_mb"] * scale)}
     print(json.dumps({"benchmark": "agentdb", "cpu": cpu_model(), **compare(mine, scaled),
                       "stage_s": mine["stage_s"], "datasets_s": mine["datasets_s"],
-                      "check_and_reconcile_s": mine["check_and_reconcile_s"], "rerun_s": mine["rerun_s"],
+                      "check_and_reconcile_s": mine["check_and_reconcile_s"], "verified": mine["verified"],
+                      "verify_full_unchanged_s": mine["verify_full_unchanged_s"], "rerun_s": mine["rerun_s"],
+                      "one_change_s": mine["one_change_s"], "one_change_verified": mine["one_change_verified"],
+                      "one_change_written": mine["one_change_written"],
                       "tables": mine["tables"], "max_open_ms": opened["max_open_ms"], "shards": opened["shards"],
                       "seed_slice": {"percent": args.slice_users, "seconds": baseline["seconds"],
                                      "peak_rss_mb": baseline["peak_rss_mb"], "episodes": baseline["episodes"]}}))

@@ -200,7 +200,8 @@ def precision_figures(n: int, precision: str) -> dict:
         return np.argsort(-similarity, axis=1)[:, :10]
 
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(neighbours(reference), neighbours(vectors))])
-    return {"precision": precision, "ran_as": "int8" if precision == "int8" else precision_of(model), "texts": n, "encode_s": round(seconds, 2),
+    ran_as = "int8" if precision == "int8" else precision_of(model)
+    return {"precision": precision, "ran_as": ran_as, "texts": n, "encode_s": round(seconds, 2),
             "encode_cpu_s": round(cpu, 2),
             "texts_per_s": round(n / seconds, 1),
             "min_cosine_vs_fp32": round(float((vectors * reference).sum(axis=1).min()), 5),

@@ -27,6 +27,7 @@ Precisions: torch's fp32, bf16 and dynamic int8, and OpenVINO's fp32 and bf16 ea
 with texts/s and agreement with torch's fp32 vectors (minimum cosine, recall@10 of the fp32 neighbours
 over 2,000 distinct texts); the pipeline's `auto` is OpenVINO, in bf16 only where the CPU has it
 natively. `--isa avx2` measures all of it on AVX2 code paths, as on a CPU without AVX512/AMX.
+On the CPU each side's figure is the fastest of 3 passes over the same texts (the machine is shared).
 Last line: one JSON object. Targets: CPU >= the seed's throughput and <= 2 GB; GPU >= 30,000
 texts/s for MiniLM-L6 fp16; user vectors for 25M ratings <= 20 s; a precision is usable only at
 cosine >= 0.98 and recall@10 >= 0.95.
@@ -42,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,6 +130,20 @@ def bundled_model(name: str, bundle: Path, device: str, workdir: Path):
     return load_model(str(workdir / "st"), device), "random (bge-base architecture: throughput only)"
 
 
+REPEATS = 3  # CPU: each side's fastest pass over the texts (the machine is shared; GPU runs: one pass)
+
+
+def fastest(encode_all: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    """(wall s, CPU s, result) of the fastest of `repeats` calls."""
+    best = None
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = encode_all()
+        run = (time.perf_counter() - started, time.process_time() - cpu_started, result)
+        best = run if best is None or run[0] < best[0] else best
+    return best
+
+
 def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = None) -> dict:
     import numpy as np
     import torch
@@ -141,9 +157,8 @@ def ours(n: int, device: str, model_name: str = MODEL, bundle: Path | None = Non
         model.encode(batch[:64])  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
-        started = time.perf_counter()
-        vectors = encode(model, batch, 256 if device == "cpu" else 1024)
-        seconds = time.perf_counter() - started
+        seconds, _, vectors = fastest(lambda: encode(model, batch, 256 if device == "cpu" else 1024),
+                                      REPEATS if device == "cpu" else 1)
     tokens = sum(len(x) for x in model.tokenizer(batch, truncation=True, max_length=model.max_seq_length)["input_ids"])
     # Embedding lookups cost no multiply-adds: only the other weights count towards FLOPs.
     params = sum(p.numel() for name, p in model.named_parameters() if ".embeddings." not in f".{name}")
@@ -189,9 +204,7 @@ def precision_figures(n: int, precision: str) -> dict:
         model = with_openvino(model, bf16=precision.endswith("bf16"))
     batch = texts(n)
     encode(model, batch[:64])  # warm-up
-    started, cpu_started = time.perf_counter(), time.process_time()
-    encode(model, batch)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    seconds, cpu, _ = fastest(lambda: encode(model, batch), REPEATS)
     vectors = encode(model, distinct)
 
     def neighbours(v: np.ndarray) -> np.ndarray:
@@ -220,17 +233,20 @@ def seed_generator(n: int, device: str = "cpu", bundle: Path | None = None) -> d
     path = str(bundle / MODEL if bundle else model_path(MODEL))
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).float().to(device).eval()
-    started = time.perf_counter()
-    out = []
-    with torch.no_grad():
-        for i in range(0, n, 64):
-            enc = tokenizer(batch[i:i + 64], padding=True, truncation=True, max_length=512,
-                            return_tensors="pt").to(device)
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1)
-            out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
-    seconds = time.perf_counter() - started
+
+    def encode_all() -> list:
+        out = []
+        with torch.no_grad():
+            for i in range(0, n, 64):
+                enc = tokenizer(batch[i:i + 64], padding=True, truncation=True, max_length=512,
+                                return_tensors="pt").to(device)
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
+        return out
+
+    seconds, _, out = fastest(encode_all, REPEATS if device == "cpu" else 1)
     if not bundle:
         np.save(CACHE / "embed-seed.npy", np.concatenate(out))
     return {"texts": n, "encode_s": round(seconds, 2), "texts_per_s": round(n / seconds, 1)}

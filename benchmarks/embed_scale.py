@@ -60,9 +60,8 @@ def fresh_data(name: str, n: int) -> Path:
     return data
 
 
-def server_env() -> dict[str, str]:
-    """This benchmark's Prefect server, started once (its port saved beside it) with the deployments."""
-    from tasks import services
+def server_settings():
+    """This benchmark's Prefect server (its port saved beside it)."""
     from tasks.settings import Settings
 
     folder = WORK / "services"
@@ -70,7 +69,14 @@ def server_env() -> dict[str, str]:
     if not ports.exists():
         folder.mkdir(parents=True, exist_ok=True)
         ports.write_text(json.dumps({"prefect": free_port()}))
-    settings = Settings(_env_file=None, services_dir=folder, prefect_port=json.loads(ports.read_text())["prefect"])
+    return Settings(_env_file=None, services_dir=folder, prefect_port=json.loads(ports.read_text())["prefect"])
+
+
+def server_env() -> dict[str, str]:
+    """This benchmark's Prefect server started, with the deployments (main() stops it at the end)."""
+    from tasks import services
+
+    settings = server_settings()
     services.start(settings, ["prefect"])
     env = {**os.environ, "PREFECT_API_URL": settings.local_prefect_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     deployed = subprocess.run([sys.executable, "-m", "deployments.deploy"], cwd=ROOT, env=env, capture_output=True,
@@ -205,13 +211,18 @@ def main() -> None:
         measure(children[ARGS.child])
         return
     print(f"CPU: {cpu_model()}", flush=True)
-    env = server_env()
-    os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    catalog(ARGS.texts)
-    args = ["--texts", str(ARGS.texts), "--shards", str(ARGS.shards)]
-    baseline = run_child(__file__, "in-process", *args)
-    one = run_child(__file__, "pool-1", *args)
-    two = run_child(__file__, "pool-2", *args)
+    from tasks import services
+
+    try:
+        env = server_env()
+        os.environ.update(PREFECT_API_URL=env["PREFECT_API_URL"], PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        catalog(ARGS.texts)
+        args = ["--texts", str(ARGS.texts), "--shards", str(ARGS.shards)]
+        baseline = run_child(__file__, "in-process", *args)
+        one = run_child(__file__, "pool-1", *args)
+        two = run_child(__file__, "pool-2", *args)
+    finally:  # a server left behind outlives the checkout (and the test run) it came from
+        services.stop(server_settings(), ["prefect"])
 
     from tasks.settings import Settings
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT
@@ -31,11 +32,27 @@ def test_every_benchmark_has_a_smoke_run():
     assert scripts == set(SMOKE)
 
 
+def servers_of_benchmarks() -> set[int]:
+    """Processes started from this checkout's benchmark cache (the servers a benchmark starts)."""
+    cache = str(ROOT / "benchmarks" / ".cache")
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            if any(cache in part for part in [*process.cmdline(), *process.environ().values()]):
+                found.add(process.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 @pytest.mark.parametrize("name", SMOKE)
 def test_a_benchmark_runs_at_tiny_scale_and_reports_its_figures(name):
+    before = servers_of_benchmarks()
     done = subprocess.run([sys.executable, f"benchmarks/{name}.py", *SMOKE[name]], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+    left = servers_of_benchmarks() - before  # a server left running outlives the checkout it came from
+    assert not left, [" ".join(psutil.Process(pid).cmdline()) for pid in left if psutil.pid_exists(pid)]
     figures = json.loads(done.stdout.strip().splitlines()[-1])  # the last line: one JSON object
     assert {"wall_s", "cpu_s", "peak_rss_mb", "speedup", "cpu"} <= set(figures), sorted(figures)
     assert figures["wall_s"] > 0 and figures["speedup"] > 0

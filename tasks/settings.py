@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     embed_precision: Literal["auto", "fp32"] = Field(
         "auto", description="auto: fp16 on a GPU, bf16 on a CPU that has it natively (AMX/AVX512-BF16), else fp32.")
     embed_runtime: Literal["auto", "torch"] = Field(
-        "auto", description="auto: OpenVINO on a CPU (1.5-2x torch here), torch on a GPU; torch: torch everywhere.")
+        "auto", description="auto: OpenVINO on a CPU (1.15-1.4x torch here), torch on a GPU; torch: torch everywhere.")
 
     # External stores; None = the local one.
     postgres_url: SecretStr | None = Field(None, description="postgresql://user:password@host:port/db")

@@ -114,7 +114,7 @@ def load_model(name: str, device: str = "auto", model_dir: Path | None = None, p
 
 def with_openvino(model, bf16: bool):
     """The model's transformer run by OpenVINO instead of torch (tokenizer, pooling and normalisation
-    stay sentence-transformers'). On the 2-core AMD EPYC (AVX512-BF16, no AMX) it encodes 1.5-2x
+    stay sentence-transformers'). On the 2-core AMD EPYC (AVX512-BF16, no AMX) it encodes 1.15-1.4x
     torch at the same precision (benchmarks/embed.py), at a cosine >= 0.99996 to torch's fp32 vectors:
     OpenVINO keeps softmax and layer norms in fp32 under its bf16 hint. A batch is split over
     OpenVINO's parallel requests (one per stream: the THROUGHPUT hint) with as many threads as torch
@@ -138,7 +138,6 @@ def with_openvino(model, bf16: bool):
     except Exception as exc:  # noqa: BLE001 - conversion fails in many ways; torch is always correct
         logging.getLogger(__name__).warning("OpenVINO cannot run %s (%s): encoding with torch",
                                             type(transformer).__name__, exc)
-        model.embed_precision = "bf16" if bf16 else "fp32"
         return model.to(torch.bfloat16) if bf16 else model
     inputs = [port.get_any_name() for port in compiled.inputs]
     requests = [compiled.create_infer_request()

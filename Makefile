@@ -50,8 +50,12 @@ deploy: install
 	$(PY) -m deployments.deploy
 
 # Re-resolve the pins after editing pyproject.toml (torch's CPU build from the same place as install).
+# openvino-telemetry is left out: with it installed, OpenVINO's model conversion sends usage events
+# to Google Analytics unless a consent file in the user's home says no, from a forked process that
+# deadlocked in a threaded flow run here; without it OpenVINO uses its own no-op stub.
 lock: | $(UV)
-	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 $(TORCH_SOURCE) --quiet -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra test --python-version 3.11 $(TORCH_SOURCE) --quiet \
+		--no-emit-package openvino-telemetry -o requirements.lock
 
 clean:
 	-$(PY) -m tasks.services stop

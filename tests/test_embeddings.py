@@ -101,6 +101,18 @@ def test_openvino_sends_no_telemetry_and_starts_no_process():
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
+def test_openvino_is_not_used_where_its_telemetry_is_installed(monkeypatch, caplog):
+    """A machine that installed the package by other means than the lock: torch, and how to fix it."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: object() if name == "openvino_telemetry" else find_spec(name, *args))
+    with caplog.at_level(logging.WARNING, logger="tasks.embed.models"):
+        model = load_model("all-MiniLM-L6-v2", "cpu", precision="fp32")
+    assert precision_of(model) == "fp32" and "pip uninstall openvino-telemetry" in caplog.text
+
+
 def test_a_model_openvino_cannot_convert_is_encoded_by_torch(monkeypatch, caplog):
     import openvino
 

@@ -119,6 +119,7 @@ def with_openvino(model, bf16: bool):
     OpenVINO keeps softmax and layer norms in fp32 under its bf16 hint. A batch is split over
     OpenVINO's parallel requests (one per stream: the THROUGHPUT hint) with as many threads as torch
     would take (OMP_NUM_THREADS holds both). A model OpenVINO cannot convert stays on torch, said so."""
+    import importlib.util
     import logging
     import warnings
 
@@ -126,6 +127,9 @@ def with_openvino(model, bf16: bool):
 
     transformer = model[0].auto_model
     try:
+        if importlib.util.find_spec("openvino_telemetry"):  # the lock leaves it out: see the Makefile's lock
+            raise RuntimeError("openvino-telemetry is installed, and with it OpenVINO's converter sends usage "
+                               "events from a forked process; pip uninstall openvino-telemetry")
         import openvino as ov
 
         sample = model.tokenizer(["a film", "a longer text about a film"], padding=True, return_tensors="pt")

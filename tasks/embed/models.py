@@ -1,4 +1,5 @@
-"""The embedding model registry and loading: every model offline, in half precision where the hardware has it.
+"""The embedding model registry and loading: every model offline, in half precision where the hardware has it,
+on a CPU run by OpenVINO (with_openvino).
 
 Kept apart from tasks.embed.embeddings so that code which only encodes (the GPU benchmark on a bare CUDA
 machine) needs torch and sentence-transformers and nothing of the pipeline's own stack.

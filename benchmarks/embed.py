@@ -92,7 +92,7 @@ def write_bundle(out: Path, distinct: list[str]) -> float:
 
     from tasks.embed.models import encode, load_model
 
-    model = load_model(MODEL, "cpu", precision="fp32")
+    model = load_model(MODEL, "cpu", precision="fp32", runtime="torch")  # the reference: torch fp32
     reference = encode(model, distinct[:REFERENCE_ROWS])
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -264,7 +264,7 @@ def test_a_load_verifies_counts_and_a_fixed_sample_that_names_a_wrong_row(store_
     manifest = json.loads((store.folder / agentdb.MANIFEST).read_text())
     manifest["shards"][path.name].update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
     (store.folder / agentdb.MANIFEST).write_text(json.dumps(manifest))
-    verification = store.verify_sample(store_data)
+    verification = store.verify_sample(store_data, store.counts())
     assert verification["learning_experiences"]["differ_sample"] == [f"user-{sampled}"]
     assert sum(r["differ"] for r in verification.values()) == 1
     with pytest.raises(ReconciliationFailed, match=f"learning_experiences: 1 of .* differ .*user-{sampled}"):

@@ -370,17 +370,16 @@ SAMPLE_SEED = 20_261_207
 
 def _stored_units(path: Path, table: str, sessions: list[str]) -> pl.DataFrame:
     """(session, sorted row hashes) of some sessions' rows in one shard file, as SQLite holds them."""
-    key = "id" if table == "learning_sessions" else "session_id"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         cursor = db.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table} "  # noqa: S608 - names from COLUMNS
-                            f"WHERE {key} IN ({', '.join('?' * len(sessions))})", sessions)
+                            f"WHERE {UNITS[table]} IN ({', '.join('?' * len(sessions))})", sessions)
         rows = pl.DataFrame(cursor.fetchall(), schema=COLUMNS[table], orient="row", infer_schema_length=None)
     return _units(rows, table)
 
 
 def _units(rows: pl.DataFrame, table: str) -> pl.DataFrame:
-    key = "id" if table == "learning_sessions" else "session_id"
-    return rows.select(unit=pl.col(key), _hash=row_hashes(rows, table)).group_by("unit").agg(
+    """Per session (UNITS: what a changed shard replaces together): its rows and their sorted hashes."""
+    return rows.select(unit=pl.col(UNITS[table]), _hash=row_hashes(rows, table)).group_by("unit").agg(
         rows=pl.len(), hashes=pl.col("_hash").sort())
 
 
@@ -520,12 +519,12 @@ class AgentDBStore:
             report[table].rows = rows
         return report
 
-    def verify_sample(self, data: Path) -> dict[str, dict]:
+    def verify_sample(self, data: Path, held: dict[str, int]) -> dict[str, dict]:
         """The default verification after a load (`--verify full` reads back every id instead): per
         table the store's count against the source's, and the rows of a fixed sample of users (the
         SAMPLE_USERS whose ids hash lowest: the same on every run) and of the replay buffers read back
-        and compared field by field with what the sources give. A shard edited outside the pipeline
-        is found by the check of every file's sha256 (checks())."""
+        and compared field by field with what the sources give; `held`: the store's counts, as the load
+        left them. A shard edited outside the pipeline is found by the check of every file's sha256 (checks())."""
         data = Path(data)
         sessions = pl.read_parquet(data / episodes.SESSIONS)
         users = sessions.select("user_id").top_k(SAMPLE_USERS, by=pl.col("user_id").hash(seed=SAMPLE_SEED),
@@ -536,13 +535,9 @@ class AgentDBStore:
         expected = _user_shard(steps, sessions, _user_vectors(data, with_vector, np.isin(with_vector, users.to_numpy())))
         transitions = _transitions(data)
         buffers = _buffer_shard(transitions)
-        by_file = {}
-        for name, entry in self.manifest()["shards"].items():
-            first, last = entry["users"] or (None, None)
-            mine = sessions if first is None else sessions.filter(pl.col("user_id").is_between(first, last))
-            by_file[name] = [f"replay-{a}" for a in transitions["algorithm"].unique().sort()] if first is None \
-                else mine["session_id"].to_list()
-        held = self.counts()
+        by_file = {name: buffers["learning_sessions"]["id"].to_list() if entry["users"] is None
+                   else sessions.filter(pl.col("user_id").is_between(*entry["users"]))["session_id"].to_list()
+                   for name, entry in self.manifest()["shards"].items()}
         result = {}
         for table, keys in TABLES.items():
             want = pl.concat([_units(expected[table], table), _units(buffers[table], table)], how="vertical_relaxed")

@@ -255,7 +255,8 @@ def load_store(settings: Settings, name: str, log: Log, replace: bool = False, v
         log(f"{name}: loading {data} into {store.target()}")
         report = store.load(data, log, snapshots) if sampled else store.load(data, log)
         if not sampled and verify == "sample" and hasattr(store, "verify_sample"):
-            verification = store.verify_sample(data)  # counts and a fixed sample, not every id read back
+            # counts and a fixed sample, not every id read back
+            verification = store.verify_sample(data, _counts(report, counts))
         if sampled and verify == "sample":
             verification = store.verify(data, snapshots, log, _counts(report, counts))
             if tables := drifted(verification):

@@ -311,11 +311,15 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
                 truth = exact_top(data, query.vector_set, vector, keep, query.k)
                 recall = len({h.id for h in hits} & set(truth)) / len(truth)
                 assert recall >= 0.9, (name, query, recall)
-                answers.setdefault(n, {})[name] = [h.id for h in hits]
+                answers.setdefault(n, {})[name] = {h.id: h.score for h in hits}
         finally:
             store.close()
-    for n, by_store in answers.items():  # the same shape and, at this size, the same answer
-        assert by_store["milvus"][:5] == by_store["postgres"][:5], n
+    # Both stores search approximately (HNSW; Milvus builds its graph in threads, so which near
+    # neighbour a filtered search misses varies by build): an id both return scores alike in both.
+    for n, by_store in answers.items():
+        common = by_store["milvus"].keys() & by_store["postgres"].keys()
+        assert len(common) >= 0.8 * cases[n][0].k, n
+        assert all(abs(by_store["milvus"][i] - by_store["postgres"][i]) < 2e-3 for i in common), n
 
     # The CLI: a text embedded with the stored model's query prefix, filters, either store, one shape.
     def cli(*args: str) -> tuple[int, list[dict], str]:

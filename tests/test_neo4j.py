@@ -194,6 +194,8 @@ def test_explain_returns_the_planted_reasons_and_connected_items(store_data, sto
                               & (pl.col("movie_id") != item_id))["movie_id"].value_counts()["count"].sort(descending=True)
     assert items and item not in [i["id"] for i in items]
     assert [i["liked_by"] for i in items] == expected.head(len(items)).to_list()
+    genres_of = dict(zip(movies["media_id"], movies["genres"].to_list()))
+    assert [i["genres"] for i in items] == [len(set(genres_of[i["id"]]) & item_genres) for i in items]
 
     # Unknown ids are named.
     assert explain_main(["--data-dir", str(data), "--user", str(user), "--item", "ml_987654321"]) == 1

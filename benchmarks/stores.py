@@ -303,14 +303,16 @@ def ours(data: Path) -> dict:
 
 
 def index_seconds(events: list[str]) -> dict[str, float]:
-    """'<store> <table>: ... built ... in S s' log lines -> seconds per store table."""
+    """'<store> <table>: ... built ... in S s' log lines -> seconds per store table (a table's partial
+    indexes added to its full one)."""
     import re
 
     found = {}
     for message in events:
         match = re.match(r"(\w+) (\w+): .*built .*in ([\d.]+) s", message)
         if match:
-            found[f"{match[1]} {match[2]}"] = float(match[3])
+            key = f"{match[1]} {match[2]}"
+            found[key] = round(found.get(key, 0) + float(match[3]), 1)
     return found
 
 

@@ -28,7 +28,7 @@ from tasks.settings import Settings
 from tasks.stores import STORES
 from tasks.stores.base import Query, Store
 from tasks.stores.loading import ReconciliationFailed, check_store, load_store, recheck_stores, reconcile
-from tasks.stores.postgres import METADATA_SHARED
+from tasks.stores.postgres import METADATA_SHARED, PARTIAL_SHARE
 from tasks.stores.sources import VECTOR_SETS, h5_ids
 from tests.conftest import ROOT, pg_connect
 
@@ -314,6 +314,28 @@ def test_filters_return_only_matching_items_with_recall_and_the_search_cli(store
                 answers.setdefault(n, {})[name] = {h.id: h.score for h in hits}
         finally:
             store.close()
+    # PostgreSQL: a partial HNSW per catalog type held by at most PARTIAL_SHARE of the items, which a
+    # search on that type uses (sequential scans and sorts are off here: at 300 items the planner
+    # would rightly read the table instead).
+    shares = dict(catalog["type"].cast(pl.String).value_counts().iter_rows())
+    rare = sorted(t for t, n in shares.items() if n <= PARTIAL_SHARE * len(catalog))
+    assert rare and len(rare) < len(shares)
+    with pg_connect(pg_url, data) as conn:
+        partial = [r[0] for r in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'catalog_embeddings' AND indexdef LIKE %s "
+            "ORDER BY indexname", ("%USING hnsw%WHERE%",))]
+    assert partial == [f"catalog_embeddings_hnsw_{t}" for t in rare]
+    store = opened("postgres", data)
+    try:
+        store.conn.execute("SET enable_seqscan = off")
+        store.conn.execute("SET enable_sort = off")
+        for value in shares:
+            plan = "\n".join(store.plan(Query(vector=catalog_probe.tolist(), vector_set="catalog", k=5, type=value)))
+            used = f"catalog_embeddings_hnsw_{value}" if value in rare else "catalog_embeddings_hnsw "
+            assert f"Index Scan using {used}" in plan + " ", (value, plan)
+    finally:
+        store.close()
+
     # Both stores search approximately (HNSW; Milvus builds its graph in threads, so which near
     # neighbour a filtered search misses varies by build): an id both return scores alike in both.
     for n, by_store in answers.items():

@@ -20,7 +20,8 @@ maintenance_work_mem sized to hold the graph (rows x (4 d + 300) bytes x 1.25, a
 most the local server's own setting, an eighth of the machine's memory (tasks.services.postgres), or 2 GB
 on a remote one: past that, pgvector's build spills and runs several times slower) and every core but one
 as parallel workers, then read into shared buffers (pg_prewarm), as the local server does after a restart.
-Searches use hnsw.ef_search EF_SEARCH and iterative scans, so a filter does not cut the answer short.
+Searches use hnsw.ef_search EF_SEARCH and iterative scans, so a filter does not cut the answer short;
+a value of a PARTITIONS field held by few rows (a catalog type) has a partial HNSW index of its own.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ EMBEDDINGS = {"media_embeddings": "media", "catalog_embeddings": "catalog", "use
 FILTER_INDEXES = {"media_embeddings": ("(year)", "USING gin (genres)", "USING gin (platforms)"),
                   "catalog_embeddings": ("(type, year)", "USING gin (tags)"),
                   "user_embeddings": ("(archetype)", "(country)")}
+# A filter on a value that a tenth of the rows hold cuts HNSW's recall: the graph's nearest
+# candidates hold few matches, and the true ones lie past them (200k catalog: `type = document`
+# best 0.81 at ef_search 400). Each value of these fields held by at most PARTIAL_SHARE of the rows
+# gets a partial HNSW index of its own, which the planner uses for `field = value`; commoner values
+# are found among the full index's candidates. The build costs at most another full one.
+PARTITIONS = {"catalog_embeddings": "type"}
+PARTIAL_SHARE = 0.25
 TABLES = {**{t.name: Keys(t.file, t.key) for t in TABLES_RELATIONAL},
           **{name: Keys(VECTOR_SETS[s].h5) for name, s in EMBEDDINGS.items()}}
 INPUTS = tuple(dict.fromkeys([t.file for t in TABLES_RELATIONAL] + [VECTOR_SETS[s].h5 for s in EMBEDDINGS.values()]))
@@ -320,26 +328,31 @@ class PostgresStore:
         """The new index read into shared buffers, so the first searches do not wait on disk; a server
         without pg_prewarm (it is a contrib module) is said so and left as it is."""
         import psycopg
+        from psycopg import sql
 
         try:
             with self.conn.transaction():
                 self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA public")
-                blocks = self.conn.execute("SELECT public.pg_prewarm(%s::regclass)", (index,)).fetchone()[0]
+                blocks = self.conn.execute("SELECT public.pg_prewarm(%s::regclass)",
+                                           (sql.Identifier(index).as_string(self.conn),)).fetchone()[0]
         except psycopg.Error as exc:
             log(f"postgres {index}: not prewarmed ({str(exc).splitlines()[0]})")
             return
         log(f"postgres {index}: {blocks * 8 // 1024:,} MB read into shared buffers")
 
-    def _build_index(self, table: str, rows: int, dim: int, log: Log) -> None:
+    def _build_index(self, table: str, rows: int, dim: int, log: Log, where: tuple[str, str] | None = None) -> None:
+        """The table's HNSW index, or with `where` (field, value) the partial one of the rows holding it."""
         import os
 
         from psycopg import sql
 
-        index = f"{table}_hnsw"
-        if self.conn.execute("SELECT to_regclass(%s)", (index,)).fetchone()[0] is not None:
+        index = f"{table}_hnsw" + (f"_{where[1]}" if where else "")
+        quoted = sql.Identifier(index).as_string(self.conn)  # a value may need quoting as a name
+        if self.conn.execute("SELECT to_regclass(%s)", (quoted,)).fetchone()[0]:
             return
         memory = self._maintenance_memory(rows, dim)
-        log(f"postgres {table}: building HNSW (m {M}, ef_construction {EF_CONSTRUCTION}) on {rows:,} rows "
+        scope = f"{where[0]} = {where[1]!r}: " if where else ""
+        log(f"postgres {table}: building HNSW (m {M}, ef_construction {EF_CONSTRUCTION}) on {scope}{rows:,} rows "
             f"with maintenance_work_mem {memory}")
         started = time.perf_counter()
         with self.conn.transaction():
@@ -347,11 +360,27 @@ class PostgresStore:
             if self.local:
                 self.conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, true)",
                                   (str(max(0, (os.cpu_count() or 1) - 1)),))
+            # DDL takes no parameters: the value is quoted as a literal.
             self.conn.execute(sql.SQL(
-                "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {})"
-            ).format(sql.Identifier(index), sql.Identifier(table), sql.Literal(M), sql.Literal(EF_CONSTRUCTION)))
-        log(f"postgres {table}: HNSW built in {time.perf_counter() - started:.1f} s")
+                "CREATE INDEX {} ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = {}, ef_construction = {}) {}"
+            ).format(sql.Identifier(index), sql.Identifier(table), sql.Literal(M), sql.Literal(EF_CONSTRUCTION),
+                     sql.SQL("WHERE {} = {}").format(sql.Identifier(where[0]), sql.Literal(where[1])) if where
+                     else sql.SQL("")))
+        log(f"postgres {table}: HNSW built on {scope}{rows:,} rows in {time.perf_counter() - started:.1f} s")
         self._prewarm(index, log)
+
+    def _build_partial_indexes(self, table: str, dim: int, log: Log) -> None:
+        from psycopg import sql
+
+        if table not in PARTITIONS:
+            return
+        field = PARTITIONS[table]
+        shares = self.conn.execute(sql.SQL("SELECT {f}, count(*) FROM {t} WHERE {f} IS NOT NULL GROUP BY {f}").format(
+            f=sql.Identifier(field), t=sql.Identifier(table))).fetchall()
+        total = sum(n for _, n in shares)
+        for value, n in sorted(shares):
+            if len(shares) > 1 and n <= PARTIAL_SHARE * total:
+                self._build_index(table, n, dim, log, where=(field, value))
 
     def load(self, data: Path, log: Log) -> dict[str, TableLoad]:
         self.create_schema(data)
@@ -376,6 +405,7 @@ class PostgresStore:
             report[name] = self._sync(name, columns, ("id",), batches, total, log)
             self._secondary_indexes(name, FILTER_INDEXES[name], report[name])
             self._build_index(name, report[name].rows, h5_dim(vector_set.path(data)), log)
+            self._build_partial_indexes(name, h5_dim(vector_set.path(data)), log)
         return report
 
     # --- reads -------------------------------------------------------------------------------------
@@ -410,7 +440,8 @@ class PostgresStore:
                                 (item,)).fetchone()
         return row[0].to_list() if row else None
 
-    def search(self, query: Query) -> list[Hit]:
+    def _run_search(self, query: Query, explain: bool = False) -> tuple[list[str], list[tuple]]:
+        """The query's fields and rows, or with `explain` its plan's lines in the fields' place."""
         from psycopg import sql
 
         table = next(name for name, s in EMBEDDINGS.items() if s == query.vector_set)
@@ -420,15 +451,26 @@ class PostgresStore:
             params[f"p{len(where)}"] = [value] if op == "contains" else value
             where.append(sql.SQL("{} " + SQL_OPERATORS[op] + " {}").format(sql.Identifier(column),
                                                                             sql.Placeholder(f"p{len(where)}")))
-        statement = sql.SQL("SELECT id, {fields}, 1 - (embedding <=> %(q)s) FROM {t} {where} "
+        statement = sql.SQL("{explain}SELECT id, {fields}, 1 - (embedding <=> %(q)s) FROM {t} {where} "
                             "ORDER BY embedding <=> %(q)s LIMIT %(k)s").format(
+            explain=sql.SQL("EXPLAIN " if explain else ""),
             fields=sql.SQL(", ").join(map(sql.Identifier, fields)), t=sql.Identifier(table),
             where=sql.SQL("WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL(""))
         with self.conn.transaction():
+            # A custom plan for every query: a generic one cannot use a value's partial index.
             self.conn.execute("SELECT set_config('hnsw.ef_search', %s, true), "
-                              "set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                              "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                              "set_config('plan_cache_mode', 'force_custom_plan', true)",
                               (str(max(EF_SEARCH, query.k + 1)),))
             found = self.conn.execute(statement, params).fetchall()
+        return ([row[0] for row in found], []) if explain else (fields, found)
+
+    def plan(self, query: Query) -> list[str]:
+        """The planner's plan for the query's search (EXPLAIN): which index answers it."""
+        return self._run_search(query, explain=True)[0]
+
+    def search(self, query: Query) -> list[Hit]:
+        fields, found = self._run_search(query)
         hits = []
         for row in found:
             values = dict(zip(fields, row[1:-1]))

@@ -50,7 +50,9 @@ from benchmarks.common import CACHE, cpu_model, ingest_25m, measure, run_child  
 DIM = 384
 SEED_MILVUS_BATCH, SEED_PG_PAGE = 1_000, 10_000
 FILTER_TYPE = "document"
+# The search breadths swept; Milvus's breadth under a filter (FILTERED_EF) is swept with its EF.
 SWEEP = {"postgres": ("EF_SEARCH", (40, 100, 200, 400)), "milvus": ("EF", (40, 100, 200, 400))}
+SAME_AS = {"EF": ("FILTERED_EF",)}
 SERVICES = CACHE / "stores-services"
 SEED_NAMESPACE = "seed_baseline"  # the seeds' Milvus inserts go to a database of their own
 QUERY_ITEMS = 520  # 500 queries and 20 warm-up ones
@@ -447,7 +449,8 @@ def search(data: Path, queries_n: int, vectors: str) -> dict:
         module = STORES[store_name].implementation()
         store = STORES[store_name].open(settings(data))
         for value in values:
-            setattr(module, knob, value)
+            for name in (knob, *SAME_AS.get(knob, ())):
+                setattr(module, name, value)
             for label, set_name, name, rule, arguments, queries, ids, mask, expected in cases:
                 allowed = set(ids[mask])
                 latencies, recalls = [], []

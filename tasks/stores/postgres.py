@@ -440,8 +440,8 @@ class PostgresStore:
                                 (item,)).fetchone()
         return row[0].to_list() if row else None
 
-    def _run_search(self, query: Query, explain: bool = False) -> tuple[list[str], list[tuple]]:
-        """The query's fields and rows, or with `explain` its plan's lines in the fields' place."""
+    def _search_rows(self, query: Query, explain: bool = False) -> list[tuple]:
+        """The query's rows (id, its set's fields, score), or with `explain` its plan's lines."""
         from psycopg import sql
 
         table = next(name for name, s in EMBEDDINGS.items() if s == query.vector_set)
@@ -462,17 +462,16 @@ class PostgresStore:
                               "set_config('hnsw.iterative_scan', 'relaxed_order', true), "
                               "set_config('plan_cache_mode', 'force_custom_plan', true)",
                               (str(max(EF_SEARCH, query.k + 1)),))
-            found = self.conn.execute(statement, params).fetchall()
-        return ([row[0] for row in found], []) if explain else (fields, found)
+            return self.conn.execute(statement, params).fetchall()
 
     def plan(self, query: Query) -> list[str]:
         """The planner's plan for the query's search (EXPLAIN): which index answers it."""
-        return self._run_search(query, explain=True)[0]
+        return [row[0] for row in self._search_rows(query, explain=True)]
 
     def search(self, query: Query) -> list[Hit]:
-        fields, found = self._run_search(query)
+        fields = list(VECTOR_SETS[query.vector_set].fields)
         hits = []
-        for row in found:
+        for row in self._search_rows(query):
             values = dict(zip(fields, row[1:-1]))
             hits.append(Hit(row[0], float(row[-1]), values.pop("title", row[0]), values))
         return ordered(hits, query.k)  # relaxed_order may return neighbours slightly out of order
